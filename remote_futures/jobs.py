@@ -1,0 +1,93 @@
+"""The job model shared by the core and every transport: specs going out, statuses coming back.
+
+A *job* is what one scheduler submission creates. It holds one or more *tasks* (the elements of
+an array job); each task runs one or more *calls* in order (``map``'s ``chunksize``). Calls are
+numbered across the whole job; a call's outcome is fetched by that number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from .resources import Resources
+
+__all__ = ["JobHandle", "JobSpec", "JobStatus", "TaskSpec", "TaskState", "TaskStatus"]
+
+
+class TaskState(enum.Enum):
+    """A task's state, normalized across schedulers (Slurm's names, the richest set)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    #: The scheduler no longer knows the job and it left no exit record.
+    VANISHED = "VANISHED"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the task can no longer change state."""
+        return self not in (TaskState.PENDING, TaskState.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStatus:
+    """What a transport learned of one task in one poll."""
+
+    state: TaskState
+    #: The scheduler's own word for the state (``"CANCELLED by 1001"``, ``"C"``, ``"r"``...).
+    raw_state: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One array task: its input payload (the ``task-<i>.in`` file) and the calls it runs."""
+
+    index: int
+    payload: bytes
+    call_indices: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """Everything a transport needs to start a job. It carries bytes, never paths, so that
+    transports without a shared filesystem (Kubernetes, cloud VMs) can ship it through an API."""
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    #: At most this many tasks of the job run at once (an array throttle); None: no limit.
+    max_concurrent: int | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class JobHandle:
+    """A submitted job, as the transport that submitted it knows it. Hashed by identity."""
+
+    job_id: str
+    spec: JobSpec
+    #: Where the job's files live (a directory on the remote host, a pod name...).
+    location: str
+
+    def task_label(self, task: int) -> str:
+        """The job id of one task as users see it in the scheduler (``123_4`` on Slurm)."""
+        return self.job_id if len(self.spec.tasks) == 1 else f"{self.job_id}[{task}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus:
+    """One poll's view of a job: the state of each task the transport could see, and which
+    calls' outcomes are ready to fetch. A task missing from ``tasks`` was not seen this time."""
+
+    tasks: dict[int, TaskStatus]
+    ready_calls: frozenset[int] = frozenset()
