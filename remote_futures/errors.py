@@ -70,7 +70,8 @@ class JobFailedError(RemoteFuturesError):
         signal: int | None = None,
         stderr_tail: str = "",
     ) -> None:
-        details = [f"job {job_id}" + (f" task {task}" if task is not None else ""), f"state {state}"]
+        where = f"job {job_id}" + (f" task {task}" if task is not None else "")
+        details = [where, f"state {state}"]
         if exit_code is not None:
             details.append(f"exit code {exit_code}")
         if signal is not None:

@@ -43,7 +43,9 @@ class Resources:
         for name in ("cpus", "gpus"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"Resources.{name} must be a positive integer, got {value!r}")
+                raise ConfigurationError(
+                    f"Resources.{name} must be a positive integer, got {value!r}"
+                )
         if self.memory is not None:
             self.memory_megabytes()  # validates
         if self.walltime is not None:
@@ -51,7 +53,9 @@ class Resources:
         for name in ("job_extra_directives", "job_script_prologue"):
             value = getattr(self, name)
             if isinstance(value, str):
-                raise ConfigurationError(f"Resources.{name} must be a list of strings, not a string")
+                raise ConfigurationError(
+                    f"Resources.{name} must be a list of strings, not a string"
+                )
             object.__setattr__(self, name, tuple(str(v) for v in value))
 
     @classmethod

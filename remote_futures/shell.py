@@ -39,9 +39,9 @@ class CommandResult:
     def check(self, what: str) -> CommandResult:
         """Return self, or raise :class:`TransportError` naming ``what`` failed and why."""
         if not self.ok:
+            said = self.stderr.strip() or self.stdout.strip()
             raise TransportError(
-                f"{what} failed (exit {self.returncode}): {self.stderr.strip() or self.stdout.strip()}"
-                f"\ncommand: {self.command}"
+                f"{what} failed (exit {self.returncode}): {said}\ncommand: {self.command}"
             )
         return self
 

@@ -23,6 +23,7 @@ import os
 import pickle
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 #: Version of the envelopes below; bumped on any incompatible change.
@@ -195,20 +196,42 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``worker.py JOB_DIR --task N [--task M ...] [--notify-fd FD]``."""
     parser = argparse.ArgumentParser(prog="remote_futures worker")
     parser.add_argument("job_dir")
-    parser.add_argument("--task", type=int, action="append", required=True)
+    parser.add_argument("--task", type=int, action="append", default=[])
+    parser.add_argument(
+        "--stdin-tasks", action="store_true",
+        help="read task indices from stdin, one per line (the local transport's feed)",
+    )
     parser.add_argument("--notify-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    if not args.task and not args.stdin_tasks:
+        parser.error("give --task N or --stdin-tasks")
     # Running as a file puts this file's directory first on sys.path; the user's modules must
     # not be shadowed by whatever else lives there.
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
         del sys.path[0]
     state = _State()
-    for task in args.task:
+    tasks: Iterator[int] = iter(args.task)
+    if args.stdin_tasks:
+        tasks = _stdin_feed()
+    for task in tasks:
         code = run_task(args.job_dir, task, state, args.notify_fd)
+        _notify(args.notify_fd, f"T {task} {code}")
         if code:
             return code
     return 0
+
+
+def _stdin_feed() -> Iterator[int]:
+    """Task indices from stdin; the user's code gets /dev/null as stdin instead, as it would
+    in a ProcessPoolExecutor child, so that it cannot swallow the feed."""
+    feed = os.fdopen(os.dup(0), "r")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for line in feed:
+        if line.strip():
+            yield int(line)
 
 
 if __name__ == "__main__":

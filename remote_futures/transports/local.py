@@ -1,0 +1,360 @@
+"""The embedded default: jobs run in fresh Python subprocesses on this machine.
+
+It speaks the same job-directory protocol a remote host does (payload files in a per-job
+directory, the worker executed as a file, outcomes written atomically), so it is both what
+``RemoteExecutor()`` runs with no configuration and the test double of every other transport.
+
+Each job gets up to ``max_workers`` worker processes in total across all jobs ("slots"). A
+process runs the job's array tasks one after another, fed their indices on stdin, and reports
+progress on a private pipe; a process that dies takes only its current task with it: the rest
+of the job continues in a fresh process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import collections
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+import anyio
+import anyio.abc
+
+from .. import worker
+from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from .base import Transport
+
+__all__ = ["LocalOptions", "LocalTransport"]
+
+_STDERR_TAIL_BYTES = 16384
+#: Tasks sent ahead to a worker process, so that it never waits for the next one.
+_PIPELINE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptions:
+    """Options of the ``local`` transport."""
+
+    #: Where job directories are created; default: a fresh temporary directory (in /dev/shm
+    #: where it exists).
+    work_dir: str | None = None
+    #: The interpreter that runs the worker; default: this one.
+    python: str = sys.executable
+    #: Keep each job's directory after its results were read (for debugging).
+    keep_job_dirs: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class _LocalJob:
+    handle: JobHandle
+    queue: collections.deque[int]
+    states: dict[int, TaskStatus]
+    ready: set[int] = dataclasses.field(default_factory=set)
+    tails: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: task index -> the process running it, for cancellation.
+    running: dict[int, anyio.abc.Process] = dataclasses.field(default_factory=dict)
+    cancelled: set[int] = dataclasses.field(default_factory=set)
+
+
+class LocalTransport(Transport):
+    """Runs jobs as subprocesses of this process (see the module docstring)."""
+
+    name = "local"
+    Options = LocalOptions
+    poll_interval = (0.5, 0.5)  # progress arrives by events; polling is only a safety net
+    coalesce_window = 0.01  # a new job costs a process start (~0.1-0.2 s)
+    max_tasks_per_job = 1_000_000
+
+    def __init__(self, options: LocalOptions, *, max_workers: int) -> None:
+        super().__init__(options, max_workers=max_workers)
+        self._root = ""
+        self._owns_root = False
+        self._jobs: dict[JobHandle, _LocalJob] = {}
+        self._changed = anyio.Event()
+        self._slots = anyio.CapacityLimiter(max_workers)
+        self._count = 0
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    @property
+    def pickle_by_value(self) -> bool:
+        """False: the worker gets the caller's ``sys.path`` and imports its modules itself."""
+        return False
+
+    def default_chunksize(self, n_calls: int) -> int:
+        """One call per task: worker processes are reused across a job's tasks already."""
+        return 1
+
+    async def open(self) -> None:
+        """Create the work directory and the task group that runs worker processes."""
+        if self.options.work_dir:
+            self._root = os.path.abspath(self.options.work_dir)
+            os.makedirs(self._root, mode=0o700, exist_ok=True)
+        else:
+            # Job files are small and short-lived: a memory-backed filesystem, where there is
+            # one, makes each outcome file cost microseconds instead of a disk metadata write.
+            shm = "/dev/shm"
+            memory_fs = shm if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) else None
+            self._root = tempfile.mkdtemp(prefix="remote_futures-", dir=memory_fs)
+            self._owns_root = True
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+
+    async def close(self) -> None:
+        """Kill every worker process still running and remove the temporary directory."""
+        for job in self._jobs.values():
+            job.queue.clear()
+            for process in job.running.values():
+                _kill(process)
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
+        if self._owns_root and not self.options.keep_job_dirs:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, self._root, True)
+
+    async def submit(self, job: JobSpec) -> JobHandle:
+        """Write the job directory and start worker processes as slots free up."""
+        assert self._task_group is not None, "transport not open"
+        self._count += 1
+        job_dir = os.path.join(self._root, job.name)
+        await anyio.to_thread.run_sync(_write_job_dir, job_dir, job)
+        handle = JobHandle(job_id=f"local-{self._count}", spec=job, location=job_dir)
+        state = _LocalJob(
+            handle,
+            queue=collections.deque(task.index for task in job.tasks),
+            states={task.index: TaskStatus(TaskState.PENDING) for task in job.tasks},
+        )
+        self._jobs[handle] = state
+        lanes = min(len(job.tasks), self.max_workers, job.max_concurrent or len(job.tasks))
+        for _ in range(lanes):
+            self._task_group.start_soon(self._lane, state)
+        return handle
+
+    async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
+        """The in-memory view kept up to date by the worker processes' progress reports."""
+        return {
+            handle: JobStatus(dict(state.states), frozenset(state.ready))
+            for handle in jobs
+            if (state := self._jobs.get(handle)) is not None
+        }
+
+    async def fetch_outcomes(
+        self, wanted: Mapping[JobHandle, Sequence[int]]
+    ) -> dict[JobHandle, dict[int, bytes]]:
+        """Read the outcome files from the job directories."""
+        def read() -> dict[JobHandle, dict[int, bytes]]:
+            found: dict[JobHandle, dict[int, bytes]] = {}
+            for handle, calls in wanted.items():
+                found[handle] = {}
+                for call in calls:
+                    path = os.path.join(handle.location, worker.OUTCOME_NAME.format(call))
+                    try:
+                        with open(path, "rb") as f:
+                            found[handle][call] = f.read()
+                    except FileNotFoundError:
+                        pass
+            return found
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
+        """Drop queued tasks and kill the processes running cancelled ones."""
+        state = self._jobs.get(job)
+        if state is None:
+            return
+        targets = set(state.states) if tasks is None else set(tasks)
+        for index in targets:
+            if state.states[index].state.terminal:
+                continue
+            state.cancelled.add(index)
+            if index in state.queue:
+                state.queue.remove(index)
+                state.states[index] = TaskStatus(TaskState.CANCELLED)
+            elif index in state.running:
+                _kill(state.running[index])
+        self._signal()
+
+    async def stderr_tail(self, job: JobHandle, task: int, *, lines: int = 20) -> str:
+        """What the process that ran the task wrote to stderr last."""
+        state = self._jobs.get(job)
+        text = state.tails.get(task, "") if state else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def release(self, job: JobHandle) -> None:
+        """Forget the job and delete its directory (unless ``keep_job_dirs``)."""
+        self._jobs.pop(job, None)
+        if not self.options.keep_job_dirs:
+            await anyio.to_thread.run_sync(shutil.rmtree, job.location, True)
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return as soon as a worker reports progress, or after ``timeout``."""
+        with anyio.move_on_after(timeout):
+            await self._changed.wait()
+        self._changed = anyio.Event()
+
+    # --- worker processes -------------------------------------------------------------------
+
+    def _signal(self) -> None:
+        self._changed.set()
+
+    async def _lane(self, job: _LocalJob) -> None:
+        """Hold one slot and run the job's queued tasks in worker processes until none are left."""
+        async with self._slots:
+            while job.queue:
+                await self._run_process(job)
+
+    async def _run_process(self, job: _LocalJob) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await anyio.open_process(
+                [self.options.python, "-u", worker.__file__, job.handle.location,
+                 "--stdin-tasks", "--notify-fd", str(write_fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(write_fd,),
+            )
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            for index in list(job.queue):
+                job.states[index] = TaskStatus(TaskState.FAILED, f"could not start: {exc}")
+                job.tails[index] = f"cannot start {self.options.python}: {exc}"
+            job.queue.clear()
+            self._signal()
+            return
+        os.close(write_fd)
+        tail = bytearray()
+        current: int | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                assert process.stdout is not None and process.stderr is not None
+                tg.start_soon(_forward, process.stdout, sys.stdout, None)
+                tg.start_soon(_forward, process.stderr, sys.stderr, tail)
+                reader, pipe = await _open_pipe_reader(read_fd)
+                try:
+                    current = await self._feed(job, process, reader)
+                    if process.stdin is not None:
+                        await process.stdin.aclose()
+                    await process.wait()
+                finally:
+                    pipe.close()
+        finally:
+            if process.returncode is None:
+                _kill(process)
+            with anyio.CancelScope(shield=True):
+                await process.aclose()
+        if current is not None:
+            job.running.pop(current, None)
+            code = process.returncode or 0
+            if current in job.cancelled:
+                status = TaskStatus(TaskState.CANCELLED)
+            elif code < 0:
+                status = TaskStatus(TaskState.FAILED, signal=-code)
+            else:
+                status = TaskStatus(TaskState.FAILED, exit_code=code)
+            job.states[current] = status
+            job.tails[current] = tail.decode(errors="replace")
+            self._signal()
+
+    async def _feed(
+        self, job: _LocalJob, process: anyio.abc.Process, reader: asyncio.StreamReader
+    ) -> int | None:
+        """Keep the process fed with up to ``_PIPELINE`` tasks (so it never waits for us between
+        tasks); return the task it was running if it died. Tasks sent but not started go back
+        to the queue for the next process."""
+        assert process.stdin is not None
+        sent: collections.deque[int] = collections.deque()
+        current: int | None = None
+        try:
+            while job.queue or sent:
+                while job.queue and len(sent) < _PIPELINE:
+                    index = job.queue.popleft()
+                    sent.append(index)
+                    job.running[index] = process
+                    try:
+                        await process.stdin.send(f"{index}\n".encode())
+                    except (anyio.BrokenResourceError, OSError):
+                        return current
+                line = await reader.readline()
+                if not line:
+                    return current  # the process died
+                kind, _, rest = line.decode().strip().partition(" ")
+                if kind == "S":
+                    current = int(rest)
+                    job.states[current] = TaskStatus(TaskState.RUNNING)
+                elif kind == "C":
+                    job.ready.add(int(rest))
+                elif kind == "T":
+                    index_text, _, code_text = rest.partition(" ")
+                    index, code = int(index_text), int(code_text or 0)
+                    job.running.pop(index, None)
+                    if index in sent:
+                        sent.remove(index)
+                    current = None
+                    job.states[index] = TaskStatus(
+                        TaskState.COMPLETED if code == 0 else TaskState.FAILED, exit_code=code
+                    )
+                    if code:
+                        self._signal()
+                        return None  # the worker exits after a task it could not run
+                self._signal()
+            return None
+        finally:
+            # Sent but never started: back to the front of the queue, in order.
+            for index in reversed(sent):
+                if index != current and not job.states[index].state.terminal:
+                    job.running.pop(index, None)
+                    if index not in job.cancelled:
+                        job.queue.appendleft(index)
+
+
+def _write_job_dir(job_dir: str, job: JobSpec) -> None:
+    os.makedirs(job_dir, mode=0o700)
+    for task in job.tasks:
+        with open(os.path.join(job_dir, worker.INPUT_NAME.format(task.index)), "wb") as f:
+            f.write(task.payload)
+
+
+def _kill(process: anyio.abc.Process) -> None:
+    try:
+        process.send_signal(signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def _open_pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    """An asyncio stream over the read end of a worker's progress pipe (anyio has no API for
+    an arbitrary file descriptor; the core runs on the asyncio backend)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), pipe
+    )
+    return reader, transport
+
+
+async def _forward(
+    stream: anyio.abc.ByteReceiveStream, sink: IO[str], tail: bytearray | None
+) -> None:
+    """Copy a worker's output to the caller's stream, as ProcessPoolExecutor's children do,
+    keeping the last bytes of stderr for error messages."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    async for chunk in stream:
+        if tail is not None:
+            tail += chunk
+            del tail[:-_STDERR_TAIL_BYTES]
+        try:
+            sink.write(decoder.decode(chunk))
+            sink.flush()
+        except (OSError, ValueError):
+            pass  # the caller closed its stream; keep draining the pipe regardless
+
