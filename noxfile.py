@@ -1,0 +1,55 @@
+"""Developer and CI sessions: ``nox -s tests`` is the one test command (see README)."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite. Tests that need the testbed skip locally without it and fail
+    under CI=true; start it first with ``nox -s testbed`` (as root)."""
+    session.install("-e", ".[test,ssh]")
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q", "-ra"]))
+
+
+@nox.session(venv_backend="none")
+def testbed(session: nox.Session) -> None:
+    """Install (apt) and start the testbed: real sshd, SLURM, SGE and PBS wrappers (root)."""
+    if os.geteuid() != 0:
+        session.error("the testbed installs packages and starts daemons: run as root")
+    session.run("bash", "tests/testbed/up.sh", external=True)
+
+
+@nox.session(venv_backend="none")
+def testbed_stop(session: nox.Session) -> None:
+    """Stop what the testbed started."""
+    session.run("bash", "tests/testbed/stop.sh", *session.posargs, external=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over everything."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[test,ssh]", "mypy")
+    session.run("mypy", "--strict", "remote_futures")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against peers in the same run (ratios, not assertions)."""
+    session.install("-e", ".[ssh]", "submitit")
+    for script in session.posargs or ["benchmarks/bench_local.py"]:
+        session.run("python", script)
