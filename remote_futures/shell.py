@@ -67,9 +67,17 @@ class Shell(abc.ABC):
 
     @abc.abstractmethod
     async def run(
-        self, command: str, *, input: bytes | None = None, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        retry: bool = True,
     ) -> CommandResult:
-        """Run one POSIX shell command line and return its result (never raises on exit != 0)."""
+        """Run one POSIX shell command line and return its result (never raises on exit != 0).
+
+        ``retry=False`` marks a command that must not run twice (a submission): a shell that
+        reconnects after a dropped connection then raises instead of running it again."""
 
     @abc.abstractmethod
     async def write_file(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
@@ -106,9 +114,14 @@ class LocalShell(Shell):
     label = "localhost"
 
     async def run(
-        self, command: str, *, input: bytes | None = None, timeout: float | None = None
+        self,
+        command: str,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        retry: bool = True,
     ) -> CommandResult:
-        """Run ``command`` with ``/bin/sh -c``."""
+        """Run ``command`` with ``/bin/sh -c`` (``retry`` is moot: nothing to reconnect)."""
         try:
             with anyio.fail_after(timeout):
                 done = await anyio.run_process(

@@ -33,6 +33,9 @@ OUTCOME_NAME = "call-{}.out"
 EXIT_NAME = "task-{}.exit"
 STDOUT_NAME = "task-{}.stdout"
 STDERR_NAME = "task-{}.stderr"
+#: All of a job's ``task-<i>.in`` payloads in one upload ({index: bytes}, stdlib pickle), split
+#: on the remote side by ``worker.py JOB_DIR --unpack``: one file transfer instead of many.
+BUNDLE_NAME = "tasks.bundle"
 #: Protocol of the envelopes: readable by any Python 3.8+, so that a version mismatch can be
 #: reported instead of failing to unpickle.
 ENVELOPE_PROTOCOL = 4
@@ -202,9 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         help="read task indices from stdin, one per line (the local transport's feed)",
     )
     parser.add_argument("--notify-fd", type=int, default=None)
+    parser.add_argument(
+        "--unpack", action="store_true", help=f"split {BUNDLE_NAME} into task files and exit"
+    )
     args = parser.parse_args(argv)
+    if args.unpack:
+        return unpack_bundle(args.job_dir)
     if not args.task and not args.stdin_tasks:
-        parser.error("give --task N or --stdin-tasks")
+        parser.error("give --task N, --stdin-tasks or --unpack")
     # Running as a file puts this file's directory first on sys.path; the user's modules must
     # not be shadowed by whatever else lives there.
     here = os.path.dirname(os.path.abspath(__file__))
@@ -219,6 +227,21 @@ def main(argv: list[str] | None = None) -> int:
         _notify(args.notify_fd, f"T {task} {code}")
         if code:
             return code
+    return 0
+
+
+def unpack_bundle(job_dir: str) -> int:
+    """Write each payload of the job's bundle to its ``task-<i>.in`` file."""
+    path = os.path.join(job_dir, BUNDLE_NAME)
+    try:
+        with open(path, "rb") as f:
+            payloads: dict[int, bytes] = pickle.load(f)
+    except Exception as exc:
+        print(f"remote_futures worker: cannot read {path}: {exc!r}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for index, payload in payloads.items():
+        _write_atomic(os.path.join(job_dir, INPUT_NAME.format(index)), payload)
+    os.remove(path)
     return 0
 
 
