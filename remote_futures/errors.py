@@ -56,7 +56,8 @@ class JobFailedError(RemoteFuturesError):
     """A job (or one task of an array job) ended without producing the call's result.
 
     Attributes name what a user needs to investigate: the scheduler's job id, the array task,
-    the scheduler's final state, the exit code or signal, and the tail of the job's stderr.
+    the state (normalized: ``TIMEOUT``, ``CANCELLED``, ``OUT_OF_MEMORY``...), the scheduler's
+    own words for it, the exit code or signal, and the tail of the job's stderr.
     """
 
     def __init__(
@@ -66,12 +67,14 @@ class JobFailedError(RemoteFuturesError):
         job_id: str,
         task: int | None = None,
         state: str = "UNKNOWN",
+        scheduler_state: str = "",
         exit_code: int | None = None,
         signal: int | None = None,
         stderr_tail: str = "",
     ) -> None:
         where = f"job {job_id}" + (f" task {task}" if task is not None else "")
-        details = [where, f"state {state}"]
+        said = f" ({scheduler_state})" if scheduler_state and scheduler_state != state else ""
+        details = [where, f"state {state}{said}"]
         if exit_code is not None:
             details.append(f"exit code {exit_code}")
         if signal is not None:
@@ -83,6 +86,7 @@ class JobFailedError(RemoteFuturesError):
         self.job_id = job_id
         self.task = task
         self.state = state
+        self.scheduler_state = scheduler_state
         self.exit_code = exit_code
         self.signal = signal
         self.stderr_tail = stderr_tail

@@ -48,6 +48,9 @@ _KEEPALIVE_COUNT_MAX = 3
 #: channel, not channels, so MaxSessions does not apply; this bounds open remote handles.
 _SFTP_PARALLEL = 16
 
+#: Most ProxyJump hops followed for one connection (guards against a loop in the SSH config).
+_MAX_JUMPS = 8
+
 _INSTALL_HINT = "SSHShell needs asyncssh: pip install 'remote_futures[ssh]'"
 
 
@@ -133,6 +136,8 @@ class SSHShell(Shell):
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._sftp_conn: asyncssh.SSHClientConnection | None = None
+        # ProxyJump connections carrying self._conn, outermost first.
+        self._jumps: list[asyncssh.SSHClientConnection] = []
         self._home: str | None = None
         self._closed = False
         # Counts finished connection cycles, to tell tasks that waited for the lock what happened
@@ -157,13 +162,15 @@ class SSHShell(Shell):
         async with self._connect_lock:
             conn, self._conn = self._conn, None
             sftp, self._sftp, self._sftp_conn = self._sftp, None, None
+            jumps, self._jumps = self._jumps, []
         if sftp is not None:
             sftp.exit()
-        if conn is not None:
-            conn.close()
-            # A dead peer cannot acknowledge the close; do not let shutdown hang on it.
-            with anyio.move_on_after(5):
-                await conn.wait_closed()
+        for each in [conn, *reversed(jumps)]:
+            if each is not None:
+                each.close()
+                # A dead peer cannot acknowledge the close; do not let shutdown hang on it.
+                with anyio.move_on_after(5):
+                    await each.wait_closed()
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -446,6 +453,8 @@ class SSHShell(Shell):
             self._forget_sftp(current)
             if current is not None:
                 current.abort()
+            _abort_all(self._jumps)
+            self._jumps = []
             try:
                 self._conn = await self._connect_with_backoff()
             except TransportError as exc:
@@ -504,37 +513,91 @@ class SSHShell(Shell):
 
     async def _connect_once(self) -> asyncssh.SSHClientConnection:
         """One connection attempt; errors that retrying cannot fix raise TransportError."""
+        config = self._config_paths()
+        jumps: list[asyncssh.SSHClientConnection] = []
+        try:
+            conn = await self._open_hop(
+                self.host, self.port, self.user, self.identity_file, config, jumps, target=True
+            )
+        except BaseException:
+            _abort_all(jumps)
+            raise
+        self._jumps = jumps
+        logger.info("connected to %s", self.label)
+        return conn
+
+    async def _open_hop(
+        self,
+        host: str,
+        port: int | None,
+        user: str | None,
+        identity_file: str | None,
+        config: list[str],
+        jumps: list[asyncssh.SSHClientConnection],
+        *,
+        target: bool = False,
+        tunnel: asyncssh.SSHClientConnection | None = None,
+        depth: int = 0,
+    ) -> asyncssh.SSHClientConnection:
+        """Connect to one host, first opening its ProxyJump hops (appended to ``jumps``).
+
+        The hops are opened here rather than by asyncssh because asyncssh connects to a jump
+        host with its defaults: the ``known_hosts`` policy of this shell would not apply there,
+        and ``UserKnownHostsFile none`` in the SSH config would silently disable the check.
+        """
         ssh = _asyncssh()
         kwargs: dict[str, Any] = {
-            "host": self.host,
-            "config": self._config_paths(),
+            "host": host,
+            "config": config,
             "connect_timeout": self.connect_timeout,
             "keepalive_interval": self.keepalive_interval,
             "keepalive_count_max": _KEEPALIVE_COUNT_MAX,
         }
-        if self.port is not None:
-            kwargs["port"] = self.port
-        if self.user is not None:
-            kwargs["username"] = self.user
-        if self.identity_file is not None:
-            kwargs["client_keys"] = [self.identity_file]
+        if port is not None:
+            kwargs["port"] = port
+        if user is not None:
+            kwargs["username"] = user
+        if identity_file is not None:
+            kwargs["client_keys"] = [identity_file]
+        if tunnel is not None:
+            kwargs["tunnel"] = tunnel  # also overrides this hop's own ProxyJump, as OpenSSH does
         try:
             # Resolve the SSH config (and load keys: file I/O) to learn the effective host,
-            # port, user and known_hosts before connecting.
+            # port, user, ProxyJump and known_hosts before connecting.
             options = await anyio.to_thread.run_sync(
                 lambda: ssh.SSHClientConnectionOptions(**kwargs)
             )
         except (OSError, ValueError, ssh.Error) as exc:
-            raise ConfigurationError(
-                f"invalid SSH settings for {self.host}: {_describe(exc)}"
-            ) from exc
-        self.label = f"{options.username}@{options.host}:{options.port}"
-        known_hosts = self._known_hosts_for(options.known_hosts)
+            raise ConfigurationError(f"invalid SSH settings for {host}: {_describe(exc)}") from exc
+        where = f"{options.username}@{options.host}:{options.port}"
+        if target:
+            self.label = where
+        if tunnel is None and isinstance(options.tunnel, str) and options.tunnel:
+            if depth >= _MAX_JUMPS:
+                raise ConfigurationError(
+                    f"ProxyJump chain for {host} is longer than {_MAX_JUMPS} hops (a loop?)"
+                )
+            hop_tunnel: asyncssh.SSHClientConnection | None = None
+            for hop in options.tunnel.split(","):
+                hop_user, hop_host, hop_port = _parse_jump(hop)
+                hop_tunnel = await self._open_hop(
+                    hop_host,
+                    hop_port,
+                    hop_user,
+                    None,  # an explicit identity_file is for the target, as with ssh -i
+                    config,
+                    jumps,
+                    tunnel=hop_tunnel,
+                    depth=depth + 1,
+                )
+                jumps.append(hop_tunnel)
+            kwargs["tunnel"] = hop_tunnel
+        known_hosts = self._known_hosts_for(options.known_hosts, where)
         if known_hosts is None:
             logger.warning(
                 "connecting to %s WITHOUT host key verification "
                 "(insecure_no_host_key_check=True): the server is not authenticated",
-                self.label,
+                where,
             )
         try:
             conn: asyncssh.SSHClientConnection = await ssh.connect(
@@ -546,14 +609,13 @@ class SSHShell(Shell):
             ) from exc
         except ssh.PermissionDenied as exc:
             raise TransportError(
-                f"authentication to {self.label} failed ({_describe(exc)}): check the user "
+                f"authentication to {where} failed ({_describe(exc)}): check the user "
                 "and the key (identity_file, IdentityFile in the SSH config, or ssh-agent)"
             ) from exc
         except (ssh.DisconnectError, ssh.ChannelOpenError):
             raise  # possibly transient: the caller retries with back-off
         except ssh.Error as exc:
-            raise TransportError(f"cannot connect to {self.label}: {_describe(exc)}") from exc
-        logger.info("connected to %s", self.label)
+            raise TransportError(f"cannot connect to {where}: {_describe(exc)}") from exc
         return conn
 
     def _config_paths(self) -> list[str]:
@@ -564,12 +626,12 @@ class SSHShell(Shell):
         default = os.path.expanduser("~/.ssh/config")
         return [default] if os.access(default, os.R_OK) else []
 
-    def _known_hosts_for(self, from_config: object) -> object:
+    def _known_hosts_for(self, from_config: object, where: str) -> object:
         """The known_hosts argument for asyncssh: never None unless insecure was asked for."""
         if self.insecure_no_host_key_check:
             return None
         if self.known_hosts is not None:
-            if not os.path.isfile(self.known_hosts):
+            if not os.path.exists(self.known_hosts):
                 raise TransportError(
                     f"known_hosts file {self.known_hosts} does not exist; create it with "
                     f"ssh-keyscan (see the error for an unknown host) or fix the path"
@@ -581,7 +643,7 @@ class SSHShell(Shell):
             logger.warning(
                 "ignoring 'UserKnownHostsFile none' in the SSH config for %s: host keys are "
                 "checked against ~/.ssh/known_hosts (insecure_no_host_key_check=True to skip)",
-                self.label,
+                where,
             )
             from_config = []
         files = [
@@ -600,10 +662,11 @@ class SSHShell(Shell):
         self, host: str, port: int, known_hosts: object, exc: BaseException
     ) -> str:
         where = host if port == 22 else f"[{host}]:{port}"
+        listed = [known_hosts] if isinstance(known_hosts, str) else known_hosts
         files = (
-            ", ".join(known_hosts)
-            if isinstance(known_hosts, list) and known_hosts
-            else "(no known_hosts file)"
+            ", ".join(map(str, listed))
+            if isinstance(listed, list) and listed
+            else "(no known_hosts file: ~/.ssh/known_hosts does not exist)"
         )
         keyscan = f"ssh-keyscan {'' if port == 22 else f'-p {port} '}{host}"
         kind = "is not in" if not self._listed(host, port, known_hosts) else "does NOT match"
@@ -625,12 +688,29 @@ class SSHShell(Shell):
         """Whether known_hosts lists any key for host:port (a mismatch, not an unknown host)."""
         ssh = _asyncssh()
         try:
-            trusted = ssh.match_known_hosts(known_hosts, host, host, None if port == 22 else port)[
-                0
-            ]
+            matched = ssh.match_known_hosts(known_hosts, host, host, None if port == 22 else port)
         except Exception:  # only a hint for the message: never mask the real error
             return False
-        return bool(trusted)
+        return bool(matched[0])  # (trusted host keys, trusted CA keys, revoked keys, ...)
+
+
+def _parse_jump(hop: str) -> tuple[str | None, str, int | None]:
+    """Split one ProxyJump entry, ``[user@]host[:port]`` (``[v6addr]:port`` too)."""
+    user, _, hostport = hop.strip().rpartition("@")
+    host, port = hostport, None
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        if rest.startswith(":"):
+            port = int(rest[1:])
+    elif hostport.count(":") == 1:
+        host, _, port_text = hostport.partition(":")
+        port = int(port_text)
+    return user or None, host, port
+
+
+def _abort_all(conns: list[asyncssh.SSHClientConnection]) -> None:
+    for conn in reversed(conns):  # the first hop last: the later hops run through it
+        conn.abort()
 
 
 def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:

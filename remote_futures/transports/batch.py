@@ -166,7 +166,8 @@ class BatchTransport(RemoteTransport):
             seen = live.get(handle.job_id, {})
             tasks: dict[int, TaskStatus] = {}
             for task in range(len(handle.spec.tasks)):
-                status = self._task_status(task, exits, seen, tracking)
+                status = self._task_status(task, len(handle.spec.tasks) == 1, exits, seen,
+                                           tracking)
                 if status is None:
                     first = tracking.missing_since.setdefault(task, now)
                     if now - first > _MISSING_GRACE:
@@ -190,11 +191,19 @@ class BatchTransport(RemoteTransport):
     @staticmethod
     def _task_status(
         task: int,
+        single: bool,
         exits: dict[int, int],
         seen: dict[int | None, TaskStatus],
         tracking: _Tracking,
     ) -> TaskStatus | None:
-        live = seen.get(task) or seen.get(None)
+        live = seen.get(task)
+        job_level = seen.get(None)
+        # A job-level line speaks for every task of a plain job, and for tasks of an array only
+        # while it is not final: the Torque wrappers show a whole array under one id whose 'C'
+        # says nothing about tasks still running. Such tasks wait for their exit file or for
+        # accounting.
+        if live is None and job_level is not None and (single or not job_level.state.terminal):
+            live = job_level
         if task in exits:
             recorded = exit_status(exits[task])
             # The scheduler's word is richer when it ended the task itself (timeout, OOM...).

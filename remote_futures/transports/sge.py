@@ -151,17 +151,11 @@ class SGEDialect:
         ``tasks`` and gets key None. Error states (``Eqw``) are FAILED, raw state kept."""
         wanted = {job_id.split(".", 1)[0]: job_id for job_id in job_ids}
         result: ParsedStatuses = {}
-        if "<" not in stdout:
-            return result
-        root = ElementTree.fromstring(stdout[stdout.index("<") :])
-        for element in root.iter("job_list"):
-            number = (element.findtext("JB_job_number") or "").strip()
+        for number, raw, spec in _qstat_job_lists(stdout):
             if number not in wanted:
                 continue
-            raw = (element.findtext("state") or "").strip()
             status = TaskStatus(sge_state(raw), raw)
             tasks = result.setdefault(wanted[number], {})
-            spec = (element.findtext("tasks") or "").strip()
             if not spec:
                 tasks[None] = status
                 continue
@@ -204,6 +198,34 @@ class SGEDialect:
         for task in tasks:
             argv += [job_id, "-t", str(task + 1)]
         return argv
+
+
+_JOB_LIST = re.compile(r"<job_list\b[^>]*>(.*?)</job_list>", re.DOTALL)
+
+
+def _tag(block: str, name: str) -> str:
+    match = re.search(rf"<{name}>(.*?)</{name}>", block, re.DOTALL)
+    return match.group(1).strip() if match else ""
+
+
+def _qstat_job_lists(stdout: str) -> Iterator[tuple[str, str, str]]:
+    """``(job number, state, tasks)`` of each ``job_list`` in ``qstat -xml`` output. Should
+    the XML not parse (a job name with bytes invalid in XML, a truncated document), the
+    same three elements are read from each ``job_list`` block with a regular expression."""
+    if "<" not in stdout:
+        return
+    try:
+        root = ElementTree.fromstring(stdout[stdout.index("<") :])
+    except ElementTree.ParseError:
+        for block in _JOB_LIST.findall(stdout):
+            yield _tag(block, "JB_job_number"), _tag(block, "state"), _tag(block, "tasks")
+        return
+    for element in root.iter("job_list"):
+        yield (
+            (element.findtext("JB_job_number") or "").strip(),
+            (element.findtext("state") or "").strip(),
+            (element.findtext("tasks") or "").strip(),
+        )
 
 
 def _qacct_records(stdout: str) -> Iterator[dict[str, str]]:

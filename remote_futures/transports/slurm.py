@@ -122,7 +122,9 @@ class SlurmDialect:
             log = f"{log_dir}/scheduler-%A_%a.log"
         else:
             log = f"{log_dir}/scheduler-%j.log"
-        opts += [f"--output={shlex.quote(log)}", f"--error={shlex.quote(log)}"]
+        # Without --error, stderr shares --output's file descriptor. Naming the same file in
+        # both would open it twice, each stream truncating and overwriting the other.
+        opts.append(f"--output={shlex.quote(log)}")
         if res.cpus is not None:
             opts.append(f"--cpus-per-task={res.cpus}")
         memory = res.memory_megabytes()

@@ -1,0 +1,16 @@
+#!/bin/bash
+#PBS -N rf-job
+#PBS -S /bin/bash
+#PBS -l select=1:ncpus=4:mem=8192mb:ngpus=1
+#PBS -l walltime=36:00:00
+#PBS -q short
+#PBS -A proj01
+#PBS -l place=scatter
+RF_JOB_DIR=/scratch/rf/jobs/0a1b
+RF_TASK=${PBS_ARRAY_INDEX:-${PBS_ARRAYID:-${SLURM_ARRAY_TASK_ID:-0}}}
+exec >"$RF_JOB_DIR"/task-$RF_TASK.stdout 2>"$RF_JOB_DIR"/task-$RF_TASK.stderr
+module load python/3.11
+python3 /scratch/rf/worker.py /scratch/rf/jobs/0a1b --task "$RF_TASK"
+rf_rc=$?
+printf "%s\n" "$rf_rc" >"$RF_JOB_DIR"/task-$RF_TASK.exit.tmp && mv -f "$RF_JOB_DIR"/task-$RF_TASK.exit.tmp "$RF_JOB_DIR"/task-$RF_TASK.exit
+exit "$rf_rc"

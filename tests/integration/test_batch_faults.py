@@ -1,0 +1,157 @@
+"""Faults on real schedulers: every future resolves, with the scheduler's story, none hangs."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+from testbed_facts import require_testbed
+
+from remote_futures import JobFailedError, RemoteExecutor, Resources, SubmissionError
+
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(300)]
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def crash_after(x: int) -> int:
+    if x == 3:
+        os._exit(7)
+    return x
+
+
+def _job_id_when_running(ex: RemoteExecutor, future: cf.Future[object]) -> str:
+    """The scheduler's id of the job running ``future`` (waits until it runs)."""
+    deadline = time.monotonic() + 120
+    while not future.running():
+        assert time.monotonic() < deadline, "the job never started"
+        assert not future.done(), future.exception()
+        time.sleep(0.2)
+    active = list(ex._engine._active)  # the core's own record: one job here
+    assert len(active) == 1
+    return active[0].job_id
+
+
+def _as_user(user: str, command: str) -> subprocess.CompletedProcess[str]:
+    facts = require_testbed("ssh")
+    return subprocess.run([*facts.ssh_argv(user), command], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize(
+    ("target", "cancel", "states"),
+    [
+        ("slurm", "scancel {id}", {"CANCELLED"}),
+        # The testbed's PBS is SLURM's Torque wrappers: every end state is 'C', with no exit
+        # status anywhere; the scheduler's own message in the stderr tail tells the rest.
+        ("pbs", "qdel {id}", {"FAILED"}),
+        ("sge", "qdel {id}", {"CANCELLED"}),
+    ],
+)
+def test_job_cancelled_from_outside(
+    remote_executor: Callable[..., RemoteExecutor], target: str, cancel: str, states: set[str]
+) -> None:
+    ex = remote_executor(target, max_workers=1)
+    future = ex.submit(nap, 120)
+    job_id = _job_id_when_running(ex, future)
+    user = {"slurm": "slurm_user", "pbs": "pbs_user", "sge": "sge_user"}[target]
+    facts = require_testbed(target)
+    done = _as_user(getattr(facts, user), cancel.format(id=job_id))
+    assert done.returncode == 0, done.stderr
+    with pytest.raises(JobFailedError) as caught:
+        future.result(timeout=150)
+    error = caught.value
+    assert error.job_id == job_id
+    assert error.state in states, str(error)
+    assert job_id in str(error)
+    if target != "sge":  # SLURM's stepd says so in the job's stderr; SGE writes nothing there
+        assert "CANCELLED" in error.stderr_tail
+    # The executor still serves new work.
+    assert ex.submit(square, 5).result(timeout=120) == 25
+
+
+def test_sge_walltime_exceeded(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    ex = remote_executor("sge", resources=Resources(walltime="00:00:05"))
+    future = ex.submit(nap, 120)
+    with pytest.raises(JobFailedError) as caught:
+        future.result(timeout=200)
+    assert caught.value.state == "TIMEOUT", str(caught.value)
+
+
+@pytest.mark.slow
+def test_slurm_walltime_exceeded(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    # Slurm enforces walltime in whole minutes: about 75 s for --time=1.
+    ex = remote_executor("slurm", resources={"walltime": "00:01:00"})
+    future = ex.submit(nap, 250)
+    with pytest.raises(JobFailedError) as caught:
+        future.result(timeout=280)
+    assert caught.value.state == "TIMEOUT", str(caught.value)
+    assert "TIME LIMIT" in caught.value.stderr_tail
+    assert caught.value.job_id in str(caught.value)
+
+
+@pytest.mark.parametrize("target", ["ssh", "slurm", "pbs", "sge"])
+def test_crash_in_one_task_keeps_the_others(
+    remote_executor: Callable[..., RemoteExecutor], target: str
+) -> None:
+    ex = remote_executor(target, max_workers=2)
+    futures = [ex.submit(crash_after, x) for x in range(6)]
+    cf.wait(futures, timeout=200)
+    assert all(f.done() for f in futures)
+    for x, future in enumerate(futures):
+        if x == 3:
+            error = future.exception()
+            assert isinstance(error, JobFailedError)
+            assert error.exit_code == 7
+        else:
+            assert future.result() == x
+
+
+def test_bad_partition_is_refused_with_sbatch_message(
+    remote_executor: Callable[..., RemoteExecutor],
+) -> None:
+    ex = remote_executor("slurm", resources=Resources(partition="nosuchpartition"))
+    future = ex.submit(square, 2)
+    with pytest.raises(SubmissionError) as caught:
+        future.result(timeout=60)
+    assert "partition" in str(caught.value).lower()
+
+
+def test_sge_bad_queue_is_refused(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    ex = remote_executor("sge", resources=Resources(partition="nosuch.q"))
+    with pytest.raises(SubmissionError) as caught:
+        ex.submit(square, 2).result(timeout=60)
+    assert "nosuch.q" in str(caught.value)
+
+
+@pytest.mark.parametrize("target", ["ssh", "slurm"])
+def test_ssh_connection_killed_mid_map(
+    remote_executor: Callable[..., RemoteExecutor], target: str
+) -> None:
+    """sshd's process for our connection is killed while a map runs: the shell reconnects and
+    the results of the jobs already submitted are still collected."""
+    facts = require_testbed(target)
+    ex = remote_executor(target, max_workers=2)
+    results = ex.map(nap, [2.0] * 4, chunksize=1)
+    time.sleep(1.0)
+    user = facts.slurm_user
+    killed = subprocess.run(["pkill", "-KILL", "-u", user, "-f", f"sshd: {user}"],
+                            capture_output=True, check=False)
+    assert killed.returncode == 0, "no sshd session process was found to kill"
+    assert list(results) == [2.0] * 4
+
+
+def test_map_splits_into_one_array_job(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    ex = remote_executor("slurm", max_workers=2)
+    assert list(ex.map(square, range(50))) == [x * x for x in range(50)]
