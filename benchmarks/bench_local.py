@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 from remote_futures import RemoteExecutor
 
@@ -25,7 +26,9 @@ def nap(_: int) -> None:
     time.sleep(0.5)
 
 
-def run(make: Callable[[], cf.Executor], fn: Callable[[int], object], n: int, chunksize: int) -> float:
+def run(
+    make: Callable[[], cf.Executor], fn: Callable[[int], object], n: int, chunksize: int
+) -> float:
     start = time.perf_counter()
     with make() as ex:
         list(ex.map(fn, range(n), chunksize=chunksize))
@@ -43,8 +46,9 @@ def main() -> None:
         ppe: list[float] = []
         local: list[float] = []
         for _ in range(REPEATS):  # interleaved: A B A B ...
-            ppe.append(run(lambda: cf.ProcessPoolExecutor(workers), fn, n, chunksize))
-            local.append(run(lambda: RemoteExecutor("local", max_workers=workers), fn, n, chunksize))
+            ppe.append(run(partial(cf.ProcessPoolExecutor, workers), fn, n, chunksize))
+            local.append(run(partial(RemoteExecutor, "local", max_workers=workers), fn, n,
+                             chunksize))
         a, b = statistics.median(ppe), statistics.median(local)
         print(f"{name:32} {a:14.3f} {b:10.3f} {b / a:7.2f}")
 

@@ -21,7 +21,8 @@ import asyncssh
 from remote_futures import RemoteExecutor
 
 STATE = os.environ.get("RF_TESTBED_DIR", "/tmp/rf-testbed")
-FACTS = json.load(open(os.path.join(STATE, "testbed.json")))
+with open(os.path.join(STATE, "testbed.json")) as _facts:
+    FACTS = json.load(_facts)
 PYTHON = FACTS.get("RF_REMOTE_PYTHON", "/opt/rf-remote-python/bin/python")
 N = 200
 REPEATS = int(os.environ.get("RF_BENCH_REPEATS", "2"))
@@ -30,7 +31,8 @@ USERS = {"slurm": FACTS["RF_SLURM_USER"], "pbs": FACTS["RF_PBS_USER"], "sge": FA
 FLOOR = {
     "slurm": ("sbatch --parsable --array=0-{last} -o /dev/null --wrap true",
               "squeue -h -j {id} | wc -l"),
-    "pbs": ("cd /tmp && echo '#!/bin/sh' > rf-true.sh && qsub -t 0-{last} -o /dev/null -e /dev/null rf-true.sh",
+    "pbs": ("cd /tmp && echo '#!/bin/sh' > rf-true.sh && "
+            "qsub -t 0-{last} -o /dev/null -e /dev/null rf-true.sh",
             "squeue -h -j {id} | wc -l"),
     "sge": ("qsub -terse -b y -t 1-{n} -o /dev/null -e /dev/null true",
             "qstat | awk '$1 == \"{id}\"' | wc -l"),
@@ -75,7 +77,8 @@ def ours(scheduler: str, calls: int) -> float:
 
 async def submitit_run(calls: int) -> float:
     """submitit on the same SLURM as the same user (it needs a local sbatch: run it there)."""
-    script = open(os.path.join(os.path.dirname(__file__), "submitit_run.py"), "rb").read()
+    with open(os.path.join(os.path.dirname(__file__), "submitit_run.py"), "rb") as source:
+        script = source.read()
     async with asyncssh.connect(FACTS["RF_SSH_HOST"], port=int(FACTS["RF_SSH_PORT"]),
                                 username=USERS["slurm"], client_keys=[FACTS["RF_SSH_KEY"]],
                                 known_hosts=FACTS["RF_SSH_KNOWN_HOSTS"]) as conn:

@@ -93,6 +93,12 @@ def resolve_target(target: str, overrides: dict[str, Any]) -> ResolvedTarget:
         if transport is None:
             raise ConfigurationError(f"{where}: missing key 'transport' (one of "
                                      f"{', '.join(TRANSPORTS)})")
+        if transport in PLANNED:
+            raise ConfigurationError(
+                f"{where}: key 'transport' = {transport!r}: the {transport!r} transport is not "
+                f"available in this version of remote_futures yet; available: "
+                f"{', '.join(TRANSPORTS)}"
+            )
         if not isinstance(transport, str) or transport not in TRANSPORTS:
             raise ConfigurationError(
                 f"{where}: key 'transport' = {transport!r} is not a transport; valid: "

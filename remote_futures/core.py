@@ -124,6 +124,10 @@ class Engine:
         self._submitting: set[_Job] = set()
         self._wake = anyio.Event()
         self._poll_now = anyio.Event()
+        #: Cancellations to carry out in the scheduler, queued by plain loop callbacks (which
+        #: cannot start tasks) and carried out by ``_cancel_loop``.
+        self._cancels: list[tuple[JobHandle, list[int] | None]] = []
+        self._cancel_wake = anyio.Event()
         self._stop_requested = anyio.Event()
         self._stopped = anyio.Event()
         self._idle = anyio.Event()
@@ -187,6 +191,7 @@ class Engine:
                         self._task_group = tg
                         tg.start_soon(self._dispatch_loop)
                         tg.start_soon(self._poll_loop)
+                        tg.start_soon(self._cancel_loop)
                         await self._stop_requested.wait()
                         tg.cancel_scope.cancel()
                     self._task_group = None
@@ -443,8 +448,9 @@ class Engine:
         elif isinstance(value, InitializerFailed):
             broken = BrokenRemoteExecutor(f"a remote initializer failed: {value}")
             broken.__cause__ = value.__cause__ or RemoteTraceback(str(value))
-            self._finish(call, exception=broken)
+            # Broken first, then the futures fail: code woken by them must find it broken.
             self._break_with(broken)
+            self._finish(call, exception=broken)
         else:
             self._finish(call, exception=value)
 
@@ -483,19 +489,24 @@ class Engine:
         self._poll_now.set()
 
     def _cancel_tasks(self, job: _Job, tasks: list[_Task]) -> None:
-        if job.handle is None or self._task_group is None:
+        """Queue the cancellation of ``tasks`` (all of them: the whole job) in the scheduler.
+        Safe from plain loop callbacks: it only queues and wakes ``_cancel_loop``."""
+        if job.handle is None:
             return
-        handle = job.handle
         whole = len(tasks) == len(job.tasks)
-        indices = None if whole else [task.index for task in tasks]
+        self._cancels.append((job.handle, None if whole else [task.index for task in tasks]))
+        self._cancel_wake.set()
 
-        async def cancel() -> None:
-            try:
-                await self.transport.cancel(handle, indices)
-            except Exception as exc:
-                log.warning("cancelling job %s failed: %r", handle.job_id, exc)
-
-        self._task_group.start_soon(cancel)
+    async def _cancel_loop(self) -> None:
+        while True:
+            await self._cancel_wake.wait()
+            self._cancel_wake = anyio.Event()
+            batch, self._cancels = self._cancels, []
+            for handle, indices in batch:
+                try:
+                    await self.transport.cancel(handle, indices)
+                except Exception as exc:
+                    log.warning("cancelling job %s failed: %r", handle.job_id, exc)
 
     # --- failure and bookkeeping --------------------------------------------------------------
 
@@ -509,8 +520,7 @@ class Engine:
             self.broken = broken
             log.error("%s", broken)
         for job in list(self._active.values()):
-            if job.handle is not None and self._task_group is not None:
-                self._cancel_tasks(job, job.tasks)
+            self._cancel_tasks(job, job.tasks)
         self._fail_everything(self.broken)
 
     def _fail_everything(self, error: BaseException) -> None:

@@ -36,6 +36,8 @@ STDERR_NAME = "task-{}.stderr"
 #: All of a job's ``task-<i>.in`` payloads in one upload ({index: bytes}, stdlib pickle), split
 #: on the remote side by ``worker.py JOB_DIR --unpack``: one file transfer instead of many.
 BUNDLE_NAME = "tasks.bundle"
+#: Present when the task was cancelled after being handed to this worker: skip it.
+CANCEL_NAME = "task-{}.cancel"
 #: Protocol of the envelopes: readable by any Python 3.8+, so that a version mismatch can be
 #: reported instead of failing to unpickle.
 ENVELOPE_PROTOCOL = 4
@@ -169,6 +171,8 @@ def _run_initializer(envelope: dict[str, Any], state: _State) -> None:
 
 def run_task(job_dir: str, task: int, state: _State, notify_fd: int | None = None) -> int:
     """Run every call of one task, writing one outcome file per call; return an exit code."""
+    if os.path.exists(os.path.join(job_dir, CANCEL_NAME.format(task))):
+        return 0  # cancelled while queued here: no outcome, the client knows
     try:
         with open(os.path.join(job_dir, INPUT_NAME.format(task)), "rb") as f:
             envelope = pickle.load(f)

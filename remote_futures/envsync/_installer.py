@@ -39,6 +39,10 @@ class Failure(Exception):
 
 def _env(config: Dict[str, Any]) -> Dict[str, str]:
     env = dict(os.environ, NO_COLOR="1", UV_NO_PROGRESS="1")
+    # Trust the host's certificate store (where cluster admins install their proxy's CA), not
+    # only the roots built into uv; a user's own UV_NATIVE_TLS setting wins.
+    env.setdefault("UV_SYSTEM_CERTS", "1")  # uv >= 0.9's name
+    env.setdefault("UV_NATIVE_TLS", "1")  # and the older one
     env["UV_PYTHON_DOWNLOADS"] = "automatic" if config["downloads"] else "never"
     return env
 

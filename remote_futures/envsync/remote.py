@@ -123,20 +123,35 @@ class CheckOutcome:
     previous: dict[str, Any] | None = None
 
 
+def home_relative(work_dir: str) -> str | None:
+    """``work_dir`` relative to the remote home (commands start there), or None if absolute."""
+    if work_dir.startswith("/"):
+        return None
+    return (work_dir[1:] if work_dir.startswith("~") else work_dir).strip("/")
+
+
+def absolute_work_dir(work_dir: str, home: str) -> str:
+    """``work_dir`` as an absolute path, given the remote home."""
+    relative = home_relative(work_dir)
+    if relative is None:
+        return work_dir.rstrip("/")
+    return f"{home.rstrip('/')}/{relative}".rstrip("/")
+
+
 def envs_root(work_dir: str) -> str:
     """A shell word for ``<work_dir>/envs``; a relative work_dir is relative to ``$HOME``."""
-    if work_dir.startswith("/"):
+    relative = home_relative(work_dir)
+    if relative is None:
         return shlex.quote(work_dir.rstrip("/") + "/envs")
-    relative = work_dir[2:] if work_dir.startswith("~/") else "" if work_dir == "~" else work_dir
-    return '"$HOME"/' + shlex.quote((relative.rstrip("/") + "/envs").lstrip("/"))
+    return '"$HOME"/' + shlex.quote(f"{relative}/envs".lstrip("/"))
 
 
 def uv_candidates(work_dir: str) -> list[str]:
     """Where the probe looks for uv, best first: our own copy, PATH, the usual install dirs."""
-    own = work_dir.rstrip("/") + "/bin/uv"
-    if own.startswith("~/"):
-        own = own[2:]
-    return [own if "/" in own else "./" + own, "uv", "~/.local/bin/uv", "~/.cargo/bin/uv", "-m uv"]
+    relative = home_relative(work_dir)
+    own = f"{work_dir.rstrip('/')}/bin/uv" if relative is None else f"./{relative}/bin/uv"
+    own = own.replace("//", "/")
+    return [own, "uv", "~/.local/bin/uv", "~/.cargo/bin/uv", "-m uv"]
 
 
 def _probe_invocation(python_word: str, *, want: str, work_dir: str) -> str:

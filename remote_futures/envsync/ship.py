@@ -23,7 +23,9 @@ import anyio
 
 from .snapshot import LocalDist
 
-__all__ = ["BuildError", "build_wheel", "fingerprint", "pure_modules", "register_by_value"]
+__all__ = [
+    "BuildError", "build_wheel", "fingerprint", "local_uv", "pure_modules", "register_by_value",
+]
 
 log = logging.getLogger("remote_futures.envsync")
 
@@ -74,7 +76,27 @@ def fingerprint(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _local_uv() -> str | None:
+def local_uv_executable() -> str | None:
+    """This machine's uv as a real executable file that can be uploaded, or None.
+
+    A ``uv`` found on PATH may be a wrapper script (pyenv and asdf install shims): it runs
+    here but would be useless, and wrong, on another machine."""
+    found = local_uv()
+    if found is None:
+        return None
+    path = os.path.realpath(found)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return None
+    # ELF (Linux), Mach-O (macOS, both byte orders and fat binaries).
+    binaries = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xca\xfe\xba\xbe")
+    return path if magic in binaries else None
+
+
+def local_uv() -> str | None:
+    """This machine's uv binary: the one the ``uv`` package ships, else the one on PATH."""
     try:
         import uv  # the PyPI package ships the binary
 
@@ -107,7 +129,7 @@ def _builders(source: Path, out: str, *, offline: bool) -> list[list[str]]:
     # which fetches the backend from the configured index.
     isolated = not (source.is_dir() and _backend_available(source))
     builders: list[list[str]] = []
-    uv = _local_uv()
+    uv = local_uv()
     if uv:
         argv = [uv, "build", "--wheel", "--out-dir", out, "--python", sys.executable]
         if not isolated:

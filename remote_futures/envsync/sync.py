@@ -358,9 +358,9 @@ async def _bootstrap_uv(
     label: str,
 ) -> tuple[str, ...]:
     """Put a uv on the remote side: our own binary when the platforms match, else pip's."""
-    local_uv = ship._local_uv()
+    local_uv = ship.local_uv_executable()
     if local_uv and _same_machine(facts):
-        target = _absolute(work_dir, facts.home) + "/bin/uv"
+        target = remote.absolute_work_dir(work_dir, facts.home) + "/bin/uv"
         data = await anyio.Path(local_uv).read_bytes()
         await shell.makedirs(target.rsplit("/", 1)[0])
         await shell.write_file(target, data, mode=0o755)
@@ -505,13 +505,6 @@ def _named_in(text: str, items: Sequence[WantedItem]) -> list[str]:
         item.requirement for item in items
         if item.name and re.search(rf"(?<![a-z0-9-]){re.escape(item.name)}(?![a-z0-9-])", lowered)
     ]
-
-
-def _absolute(work_dir: str, home: str) -> str:
-    if work_dir.startswith("/"):
-        return work_dir.rstrip("/")
-    relative = work_dir[2:] if work_dir.startswith("~/") else "" if work_dir == "~" else work_dir
-    return f"{home.rstrip('/')}/{relative}".rstrip("/")
 
 
 def _log_plan(plan: InstallPlan, label: str) -> None:

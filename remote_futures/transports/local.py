@@ -62,6 +62,8 @@ class _LocalJob:
     #: task index -> the process running it, for cancellation.
     running: dict[int, anyio.abc.Process] = dataclasses.field(default_factory=dict)
     cancelled: set[int] = dataclasses.field(default_factory=set)
+    #: Tasks a worker reported starting (``running`` also holds tasks only sent ahead).
+    started: set[int] = dataclasses.field(default_factory=set)
 
 
 class LocalTransport(Transport):
@@ -179,8 +181,13 @@ class LocalTransport(Transport):
             if index in state.queue:
                 state.queue.remove(index)
                 state.states[index] = TaskStatus(TaskState.CANCELLED)
-            elif index in state.running:
+            elif index in state.started:
                 _kill(state.running[index])
+            elif index in state.running:
+                # Sent ahead to a worker busy with another task: it must skip this one, and
+                # the task it is running must not be killed with it.
+                marker = os.path.join(job.location, worker.CANCEL_NAME.format(index))
+                await anyio.to_thread.run_sync(_touch, marker)
         self._signal()
 
     async def stderr_tail(self, job: JobHandle, task: int, *, lines: int = 20) -> str:
@@ -191,7 +198,9 @@ class LocalTransport(Transport):
 
     async def release(self, job: JobHandle) -> None:
         """Forget the job and delete its directory (unless ``keep_job_dirs``)."""
-        self._jobs.pop(job, None)
+        state = self._jobs.pop(job, None)
+        if state is not None:
+            state.queue.clear()  # lanes still waiting for a slot must not start on it
         if not self.options.keep_job_dirs:
             await anyio.to_thread.run_sync(shutil.rmtree, job.location, True)
 
@@ -289,6 +298,7 @@ class LocalTransport(Transport):
                 kind, _, rest = line.decode().strip().partition(" ")
                 if kind == "S":
                     current = int(rest)
+                    job.started.add(current)
                     job.states[current] = TaskStatus(TaskState.RUNNING)
                 elif kind == "C":
                     job.ready.add(int(rest))
@@ -299,9 +309,13 @@ class LocalTransport(Transport):
                     if index in sent:
                         sent.remove(index)
                     current = None
-                    job.states[index] = TaskStatus(
-                        TaskState.COMPLETED if code == 0 else TaskState.FAILED, exit_code=code
-                    )
+                    if index in job.cancelled:
+                        job.states[index] = TaskStatus(TaskState.CANCELLED)
+                    else:
+                        job.states[index] = TaskStatus(
+                            TaskState.COMPLETED if code == 0 else TaskState.FAILED,
+                            exit_code=code,
+                        )
                     if code:
                         self._signal()
                         return None  # the worker exits after a task it could not run
@@ -321,6 +335,11 @@ def _write_job_dir(job_dir: str, job: JobSpec) -> None:
     for task in job.tasks:
         with open(os.path.join(job_dir, worker.INPUT_NAME.format(task.index)), "wb") as f:
             f.write(task.payload)
+
+
+def _touch(path: str) -> None:
+    with open(path, "wb"):
+        pass
 
 
 def _kill(process: anyio.abc.Process) -> None:

@@ -14,13 +14,13 @@ import pickle
 import posixpath
 import re
 import shlex
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from .. import worker
-from ..errors import ConfigurationError, RemoteEnvironmentError, TransportError
+from ..envsync import EnvSpec, SyncResult, env_spec_from_option, sync_environment
+from ..errors import ConfigurationError, TransportError
 from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
 from ..shell import LocalShell, Shell
 from .base import Transport
@@ -50,8 +50,12 @@ class RemoteOptions:
     ssh_config: str | None = None
     #: The remote interpreter.
     python: str = "python3"
-    #: ``"off"``: use ``python`` as it is (it must have cloudpickle and the same major.minor).
-    env: Any = "off"
+    #: ``"sync"`` (default): mirror this interpreter's packages into a cached remote venv with
+    #: uv; ``"off"``: use ``python`` as it is (it needs cloudpickle and the same major.minor); a
+    #: list of requirements or a requirements file: install exactly that (plus cloudpickle); or
+    #: an :class:`~remote_futures.envsync.EnvSpec` (a table in a profile) for excludes, extras,
+    #: ``find_links``, ``index_url``...
+    env: Any = dataclasses.field(default_factory=lambda: env_spec_from_option("sync"))
     #: Where job directories live on the remote side; default ``~/.remote_futures``. On a
     #: cluster it must be on a filesystem the compute nodes share (home usually is).
     work_dir: str | None = None
@@ -61,11 +65,16 @@ class RemoteOptions:
     keep_days: float = 7.0
 
     @staticmethod
-    def convert_env(value: Any) -> Any:
-        """``"off"`` (only mode until environment sync lands) is accepted as is."""
-        if value != "off":
-            raise ConfigurationError(f"env={value!r} is not supported yet; use env='off'")
-        return value
+    def convert_env(value: Any) -> EnvSpec:
+        """Parse ``env`` now, so that a bad value fails at construction."""
+        if isinstance(value, dict):
+            table = dict(value)
+            what = table.pop("requirements", None) or table.pop("mode", "sync")
+            try:
+                return env_spec_from_option(what, **table)
+            except TypeError as exc:
+                raise ConfigurationError(f"bad env table {value!r}: {exc}") from None
+        return env_spec_from_option(value)
 
     def make_shell(self) -> Shell:
         """A shell on the configured host (SSH), or on this machine when there is no host."""
@@ -112,6 +121,8 @@ class RemoteTransport(Transport):
         self.work_dir = ""
         self.worker_path = ""
         self.python = options.python
+        #: What environment sync did in ``prepare()`` (None before it ran).
+        self.sync_result: SyncResult | None = None
 
     @property
     def describe(self) -> str:
@@ -146,38 +157,23 @@ class RemoteTransport(Transport):
         return posixpath.join(self.work_dir, "jobs")
 
     async def prepare(self) -> None:
-        """Upload the worker (once per content) and check the remote Python."""
+        """Upload the worker (once per content), then sync (or, with ``env="off"``, check)
+        the remote environment: both before anything is submitted."""
         source = Path(worker.__file__).read_bytes()
         digest = hashlib.sha256(source).hexdigest()[:16]
         self.worker_path = posixpath.join(self.work_dir, f"worker-{digest}.py")
         check = await self.shell.run(f"test -f {shlex.quote(self.worker_path)}")
         if not check.ok:
             await self.shell.write_file(self.worker_path, source, mode=0o600)
-        await self._check_python()
-
-    async def _check_python(self) -> None:
-        probe = (
-            "import sys; print('%d.%d' % sys.version_info[:2]); import cloudpickle; print('ok')"
+        result = await sync_environment(
+            self.shell, python=self.options.python, work_dir=self.work_dir, spec=self.options.env
         )
-        result = await self.shell.run(f"{shlex.quote(self.python)} -c {shlex.quote(probe)}")
-        lines = result.stdout.split()
-        here = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        if not lines:
-            raise RemoteEnvironmentError(
-                f"cannot run the remote Python {self.python!r} on {self.shell.label}: "
-                f"{result.stderr.strip() or 'exit ' + str(result.returncode)}"
-            )
-        if lines[0] != here:
-            raise RemoteEnvironmentError(
-                f"the remote Python {self.python!r} on {self.shell.label} is {lines[0]} but this "
-                f"client runs {here}; cloudpickle payloads need the same major.minor. Point the "
-                "'python' option at a matching interpreter."
-            )
-        if lines[-1] != "ok":
-            raise RemoteEnvironmentError(
-                f"the remote Python {self.python!r} on {self.shell.label} lacks cloudpickle: "
-                f"install it there (pip install --user cloudpickle). {result.stderr.strip()[-300:]}"
-            )
+        self.python = result.python
+        self.sync_result = result
+        if result.venv_dir:
+            log.info("%s: remote environment %s (%s; %d round trip(s))", self.describe,
+                     result.venv_dir, "cached" if result.cached else
+                     f"installed {len(result.installed)}", result.round_trips)
 
     def worker_command(self, job_dir: str) -> str:
         """The worker's command line for one job, without the task option."""

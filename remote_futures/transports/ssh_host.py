@@ -96,9 +96,12 @@ class SSHHostTransport(RemoteTransport):
                 f"{self.worker_command(directory)} --task {task} >{out} 2>{err}; "
                 f"echo $? >{done}.tmp && mv -f {done}.tmp {done}"
             )
+            # The redirections cover the whole background group, so that nothing keeps the
+            # SSH channel open; exec keeps $! the pid of the session leader (setsid does not
+            # fork when its caller leads no process group), whose group cancel() kills.
             lines.append(
-                f"(cd {shlex.quote(directory)} && setsid sh -c {shlex.quote(body)} "
-                f"</dev/null >/dev/null 2>&1 & echo {number} $!)"
+                f"(cd {shlex.quote(directory)} && exec setsid sh -c {shlex.quote(body)}) "
+                f"</dev/null >/dev/null 2>&1 & echo {number} $!"
             )
         result = await self.shell.run("; ".join(lines), retry=False)
         started = dict(
