@@ -43,7 +43,7 @@ from .errors import (
     RemoteTraceback,
     TransportError,
 )
-from .jobs import JobHandle, JobSpec, JobStatus, TaskSpec, TaskState, TaskStatus
+from .jobs import CodeBundle, JobHandle, JobSpec, JobStatus, TaskSpec, TaskState, TaskStatus
 from .resources import Resources
 from .serialization import InitializerFailed, decode_outcome, encode_task
 from .transports.base import Transport
@@ -80,6 +80,8 @@ class Request:
     tasks: list[list[Call]]
     resources: Resources
     coalesce: bool = False
+    #: The caller's own modules at the time of the request (remote transports).
+    code: CodeBundle | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -101,6 +103,7 @@ class _Job:
     fetched: set[int] = dataclasses.field(default_factory=set)
     open_calls: int = 0
     ended: list[_Task] = dataclasses.field(default_factory=list)
+    code: CodeBundle | None = None
 
     def calls(self) -> list[Call]:
         return [call for task in self.tasks for call in task.calls]
@@ -193,6 +196,10 @@ class Engine:
                         tg.start_soon(self._poll_loop)
                         tg.start_soon(self._cancel_loop)
                         await self._stop_requested.wait()
+                        # Cancellations already asked for must reach the scheduler, or the
+                        # tasks would stay queued there after we are gone.
+                        with anyio.move_on_after(60):
+                            await self._run_cancels()
                         tg.cancel_scope.cancel()
                     self._task_group = None
             except Exception as exc:
@@ -233,20 +240,21 @@ class Engine:
 
     def _plan_jobs(self, requests: list[Request]) -> list[tuple[_Job, Resources]]:
         """Group requests into jobs: coalesce single submits, split at the array size limit."""
-        planned: list[tuple[list[list[Call]], Resources]] = []
-        singles: dict[Resources, list[list[Call]]] = {}
+        planned: list[tuple[list[list[Call]], Resources, CodeBundle | None]] = []
+        singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
         for request in requests:
             if request.coalesce:
-                singles.setdefault(request.resources, []).extend(request.tasks)
+                singles.setdefault((request.resources, request.code), []).extend(request.tasks)
             else:
-                planned.append((request.tasks, request.resources))
-        planned.extend((tasks, resources) for resources, tasks in singles.items())
+                planned.append((request.tasks, request.resources, request.code))
+        planned.extend((tasks, key[0], key[1]) for key, tasks in singles.items())
         limit = max(1, self.transport.max_tasks_per_job)
         jobs: list[tuple[_Job, Resources]] = []
-        for tasks, resources in planned:
+        for tasks, resources, code in planned:
             for start in range(0, len(tasks), limit):
                 chunk = tasks[start : start + limit]
-                jobs.append((_Job([_Task(i, calls) for i, calls in enumerate(chunk)]), resources))
+                job = _Job([_Task(i, calls) for i, calls in enumerate(chunk)], code=code)
+                jobs.append((job, resources))
         return jobs
 
     async def _submit(self, job: _Job, resources: Resources) -> None:
@@ -270,6 +278,7 @@ class Engine:
                 ((call.index, call.blob) for call in task.calls),
                 initializer=self._initializer,
                 sys_path=self._sys_path,
+                code=job.code.name if job.code else None,
             )
             specs.append(TaskSpec(position, payload, tuple(call.index for call in task.calls)))
         job.open_calls = counter
@@ -278,6 +287,7 @@ class Engine:
             tasks=tuple(specs),
             resources=resources,
             max_concurrent=self.transport.max_workers if len(specs) > 1 else None,
+            code=job.code,
         )
         try:
             handle = await self.transport.submit(spec)
@@ -501,10 +511,21 @@ class Engine:
         while True:
             await self._cancel_wake.wait()
             self._cancel_wake = anyio.Event()
+            await self._run_cancels()
+
+    async def _run_cancels(self) -> None:
+        """Carry out queued cancellations, one command per job (tasks merged)."""
+        while self._cancels:
             batch, self._cancels = self._cancels, []
+            merged: dict[JobHandle, set[int] | None] = {}
             for handle, indices in batch:
+                known = merged.get(handle, set())
+                merged[handle] = None if indices is None or known is None else known | set(
+                    indices
+                )
+            for handle, tasks in merged.items():
                 try:
-                    await self.transport.cancel(handle, indices)
+                    await self.transport.cancel(handle, None if tasks is None else sorted(tasks))
                 except Exception as exc:
                     log.warning("cancelling job %s failed: %r", handle.job_id, exc)
 

@@ -24,7 +24,7 @@ from .config import resolve_target
 from .core import Call, Engine, Request
 from .errors import BrokenRemoteExecutor, ConfigurationError
 from .resources import Resources
-from .serialization import dumps_call, dumps_initializer, register_user_modules_by_value
+from .serialization import dumps_call, dumps_initializer, user_code
 from .transports import transport_class
 from .transports.base import Transport, build_options
 
@@ -74,11 +74,11 @@ class RemoteExecutor(concurrent.futures.Executor):
         self._resources: Resources = getattr(self._transport.options, "resources", None) or (
             Resources()
         )
-        self._by_value = self._transport.pickle_by_value
+        self._ships_code = self._transport.ships_user_code
         self._engine = Engine(
             self._transport,
             initializer=dumps_initializer(initializer, initargs),
-            sys_path=[] if self._by_value else list(sys.path),
+            sys_path=[] if self._ships_code else list(sys.path),
         )
         self._lock = threading.Lock()
         self._close_lock = threading.Lock()
@@ -207,8 +207,7 @@ class RemoteExecutor(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if _interpreter_exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            if self._by_value:
-                register_user_modules_by_value()
+            code = user_code() if self._ships_code else None
             futures: list[RemoteFuture[T]] = []
             request_tasks: list[list[Call]] = []
             for task in tasks:
@@ -219,7 +218,7 @@ class RemoteExecutor(concurrent.futures.Executor):
                     futures.append(future)
                 request_tasks.append(calls)
             self._loop.call_soon_threadsafe(
-                self._engine.enqueue, Request(request_tasks, resources, coalesce)
+                self._engine.enqueue, Request(request_tasks, resources, coalesce, code)
             )
         return futures
 

@@ -12,7 +12,15 @@ import enum
 
 from .resources import Resources
 
-__all__ = ["JobHandle", "JobSpec", "JobStatus", "TaskSpec", "TaskState", "TaskStatus"]
+__all__ = [
+    "CodeBundle",
+    "JobHandle",
+    "JobSpec",
+    "JobStatus",
+    "TaskSpec",
+    "TaskState",
+    "TaskStatus",
+]
 
 
 class TaskState(enum.Enum):
@@ -59,6 +67,15 @@ class TaskSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class CodeBundle:
+    """The caller's own modules as a zip, content-named, for a remote ``sys.path``."""
+
+    #: ``<sha256 prefix>.zip``: the same code is uploaded once per host.
+    name: str
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class JobSpec:
     """Everything a transport needs to start a job. It carries bytes, never paths, so that
     transports without a shared filesystem (Kubernetes, cloud VMs) can ship it through an API."""
@@ -68,6 +85,8 @@ class JobSpec:
     resources: Resources = dataclasses.field(default_factory=Resources)
     #: At most this many tasks of the job run at once (an array throttle); None: no limit.
     max_concurrent: int | None = None
+    #: The caller's own modules, which the worker puts first on ``sys.path`` (remote only).
+    code: CodeBundle | None = None
 
 
 @dataclasses.dataclass(eq=False)

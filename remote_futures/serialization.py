@@ -8,12 +8,16 @@ distributions and the standard library travel by reference.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import os
 import pickle
 import sys
 import sysconfig
 import threading
 import types
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +30,7 @@ from .errors import (
     RemoteTraceback,
     SerializationError,
 )
+from .jobs import CodeBundle
 
 __all__ = [
     "InitializerFailed",
@@ -33,7 +38,7 @@ __all__ = [
     "dumps_call",
     "dumps_initializer",
     "encode_task",
-    "register_user_modules_by_value",
+    "user_code",
 ]
 
 
@@ -71,14 +76,17 @@ def encode_task(
     *,
     initializer: bytes | None = None,
     sys_path: Sequence[str] = (),
+    code: str | None = None,
 ) -> bytes:
-    """The ``task-<i>.in`` envelope: the calls, the initializer, the client's Python version."""
+    """The ``task-<i>.in`` envelope: the calls, the initializer, the client's Python version,
+    and where the caller's code is (``sys_path`` entries, or a code bundle's name)."""
     envelope = {
         "format": worker.FORMAT,
         "python": list(sys.version_info[:2]),
         "calls": list(calls),
         "initializer": initializer,
         "sys_path": list(sys_path),
+        "code": code,
     }
     return pickle.dumps(envelope, protocol=worker.ENVELOPE_PROTOCOL)
 
@@ -132,11 +140,13 @@ def _load_exception(envelope: Mapping[str, Any]) -> BaseException:
     )
 
 
-# --- pickling the caller's own modules by value -----------------------------------------------
+# --- the caller's own modules travel as source ---------------------------------------------
 
+_bundle_lock = threading.Lock()
+_bundle_cache: tuple[int, CodeBundle | None] = (-1, None)
 _registered: set[str] = set()
-_registered_lock = threading.Lock()
-_seen_module_count = -1
+#: A user's code bundle above this size is still shipped, with a warning in the log.
+_LARGE_BUNDLE = 50 * 1024 * 1024
 
 
 def _installed_prefixes() -> tuple[str, ...]:
@@ -159,24 +169,72 @@ def _is_user_module(name: str, module: types.ModuleType | None, prefixes: tuple[
     return not os.path.realpath(path).startswith(prefixes)
 
 
-def register_user_modules_by_value() -> None:
-    """Make cloudpickle pickle every imported module of the caller's own by value.
+def _package_files(init_file: str) -> list[tuple[str, str]]:
+    """(path on disk, path in the zip) of every .py file of the package at ``init_file``."""
+    root = os.path.dirname(init_file)
+    base = os.path.dirname(root)
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if d != "__pycache__" and not d.startswith("."))
+        found += [
+            (os.path.join(directory, f), os.path.relpath(os.path.join(directory, f), base))
+            for f in sorted(files) if f.endswith(".py")
+        ]
+    return found
 
-    A module counts as the caller's own when its file lives outside the standard library and
-    every site-packages directory: the script's neighbours, a test module, a source checkout.
-    ``__main__`` is always pickled by value by cloudpickle itself. Cheap to call per submit: the
-    scan only runs again when new modules were imported.
+
+def user_code() -> CodeBundle | None:
+    """The caller's own imported modules (outside the standard library and site-packages: the
+    script's neighbours, test modules, a source checkout) as a zip for the remote ``sys.path``.
+
+    They then travel by reference, as with ProcessPoolExecutor: module state is shared between
+    an initializer and the calls, classes keep their identity and remote tracebacks name the
+    real files. A user module that cannot be put in the zip (one inside a namespace package)
+    is pickled by value instead. ``__main__`` is always pickled by value (cloudpickle). Cheap
+    per submit: the zip is only rebuilt when new modules were imported.
     """
-    global _seen_module_count
+    global _bundle_cache
     modules = dict(sys.modules)
-    if len(modules) == _seen_module_count:
-        return
-    prefixes = _installed_prefixes()
-    with _registered_lock:
-        for name, module in modules.items():
-            if name in _registered or name.partition(".")[0] in _registered:
-                continue  # registering a package covers its submodules
-            if _is_user_module(name, module, prefixes):
+    if _bundle_cache[0] == len(modules):
+        return _bundle_cache[1]
+    with _bundle_lock:
+        prefixes = _installed_prefixes()
+        files: dict[str, str] = {}  # zip path -> disk path
+        for name, module in sorted(modules.items()):
+            if not _is_user_module(name, module, prefixes):
+                continue
+            top = name.partition(".")[0]
+            top_module = modules.get(top)
+            top_file = getattr(top_module, "__file__", None) or ""
+            if top_file.endswith("__init__.py"):
+                for disk, inside in _package_files(top_file):
+                    files.setdefault(inside, disk)
+            elif "." not in name:
+                files.setdefault(os.path.basename(str(module.__file__)), str(module.__file__))
+            elif name not in _registered:
                 cloudpickle.register_pickle_by_value(module)
                 _registered.add(name)
-        _seen_module_count = len(modules)
+        bundle = _zip(files) if files else None
+        if bundle is not None and len(bundle.data) > _LARGE_BUNDLE:
+            logging.getLogger("remote_futures").warning(
+                "your own modules make a %d MB code bundle: consider installing them as a "
+                "package", len(bundle.data) >> 20)
+        _bundle_cache = (len(modules), bundle)
+        return bundle
+
+
+def _zip(files: Mapping[str, str]) -> CodeBundle:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for inside in sorted(files):
+            try:
+                with open(files[inside], "rb") as f:
+                    source = f.read()
+            except OSError:
+                continue
+            # A fixed timestamp keeps the bytes, and so the name, stable for the same sources.
+            info = zipfile.ZipInfo(inside, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, source)
+    data = buffer.getvalue()
+    return CodeBundle(f"{hashlib.sha256(data).hexdigest()[:16]}.zip", data)

@@ -36,6 +36,8 @@ STDERR_NAME = "task-{}.stderr"
 #: All of a job's ``task-<i>.in`` payloads in one upload ({index: bytes}, stdlib pickle), split
 #: on the remote side by ``worker.py JOB_DIR --unpack``: one file transfer instead of many.
 BUNDLE_NAME = "tasks.bundle"
+#: Directory, beside the uploaded worker, of the caller's code bundles (zips on sys.path).
+CODE_DIR = "code"
 #: Present when the task was cancelled after being handed to this worker: skip it.
 CANCEL_NAME = "task-{}.cancel"
 #: Protocol of the envelopes: readable by any Python 3.8+, so that a version mismatch can be
@@ -185,6 +187,13 @@ def run_task(job_dir: str, task: int, state: _State, notify_fd: int | None = Non
     for entry in envelope.get("sys_path", ()):
         if entry not in sys.path:
             sys.path.append(entry)
+    if envelope.get("code"):
+        # The caller's own modules, uploaded beside this file; first, as the script's
+        # directory is first on the caller's side.
+        bundle = os.path.join(os.path.dirname(os.path.abspath(__file__)), CODE_DIR,
+                              envelope["code"])
+        if bundle not in sys.path:
+            sys.path.insert(0, bundle)
     problem = _environment_problem(envelope)
     if problem is None:
         _run_initializer(envelope, state)

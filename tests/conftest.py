@@ -35,7 +35,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # for `import testbed_facts` from any test directory
     sys.path.insert(0, str(TESTS_DIR))
 
-from testbed_facts import require_testbed  # noqa: E402, F401 - for the factories below
+from testbed_facts import require_testbed  # noqa: E402 - for the factories below
 
 from remote_futures import RemoteExecutor  # noqa: E402
 
@@ -70,8 +70,8 @@ def _remote(target: str, component: str, user_field: str) -> ContractFactory:
             "user": getattr(facts, user_field),
             "identity_file": str(facts.key),
             "known_hosts": str(facts.known_hosts),
-            "python": str(facts.raw.get("RF_REMOTE_PYTHON", "/opt/rf-remote-python/bin/python")),
-            "env": "off",
+            # The defaults: env="sync" from the user's bare system python3 (no cloudpickle),
+            # so every remote contract test also runs on a synced environment.
         }
 
     return factory

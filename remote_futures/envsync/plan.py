@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 #: Never mirrored: installers and build tools (uv provides its own), which make no sense in a
-#: venv that only runs calls. remote_futures itself is added when it comes from an index.
+#: venv that only runs calls. remote_futures itself IS mirrored (from a checkout, as a wheel):
+#: the worker does not need it, but the user's own modules, imported there, often do.
 DEFAULT_EXCLUDES = frozenset({"pip", "setuptools", "wheel", "uv", "distribute", "pkg-resources"})
 
 #: Distributions that exist on one platform only (``sys_platform`` values), and whose absence
@@ -167,8 +168,6 @@ def wanted_set(
 def _exclusion(name: str, source: Source, patterns: Sequence[str]) -> str:
     if name in DEFAULT_EXCLUDES:
         return "an installer or build tool"
-    if name == "remote-futures" and source.kind != "index":
-        return "remote_futures itself, not from an index (the worker does not import it)"
     for pattern in patterns:
         if fnmatch.fnmatchcase(name, pattern):
             return f"excluded by {pattern!r}"

@@ -83,9 +83,9 @@ class Transport(abc.ABC):
         """Once, before the first submission: upload the worker, sync the environment."""
 
     @property
-    def pickle_by_value(self) -> bool:
-        """Whether the caller's own modules must travel by value (the remote cannot import
-        them). The local transport shares the caller's ``sys.path`` and says False."""
+    def ships_user_code(self) -> bool:
+        """Whether the caller's own modules must travel with each job (the remote cannot
+        import them): ``JobSpec.code``. The local transport shares ``sys.path`` instead."""
         return True
 
     def default_chunksize(self, n_calls: int) -> int:

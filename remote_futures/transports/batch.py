@@ -83,6 +83,8 @@ class _Tracking:
 
     missing_since: dict[int, float] = dataclasses.field(default_factory=dict)
     final: dict[int, TaskStatus] = dataclasses.field(default_factory=dict)
+    #: Tasks seen terminal (their output was forwarded).
+    ended: set[int] = dataclasses.field(default_factory=set)
 
 
 class BatchTransport(RemoteTransport):
@@ -160,6 +162,7 @@ class BatchTransport(RemoteTransport):
         now = time.monotonic()
         statuses: dict[JobHandle, JobStatus] = {}
         lookups: list[JobHandle] = []
+        ended: dict[JobHandle, set[int]] = {}
         for handle in jobs:
             tracking = self._tracking.setdefault(handle, _Tracking())
             exits = listing.exits.get(handle.location, {})
@@ -181,11 +184,16 @@ class BatchTransport(RemoteTransport):
                     tracking.missing_since.pop(task, None)
                 if status is not None:
                     tasks[task] = status
+                    if status.state.terminal and task not in tracking.ended:
+                        tracking.ended.add(task)
+                        ended.setdefault(handle, set()).add(task)
             statuses[handle] = JobStatus(
                 tasks, frozenset(listing.outcomes.get(handle.location, set()))
             )
         if lookups:
             await self._lookup_final(list(dict.fromkeys(lookups)))
+        if ended:
+            await self.forward_output(ended, listing)
         return statuses
 
     @staticmethod
@@ -253,8 +261,12 @@ class BatchTransport(RemoteTransport):
         return [scheduler_log(job.location, job.job_id, None if single else task)]
 
     async def release(self, job: JobHandle) -> None:
-        """Forget the job and remove its directory (per ``cleanup``)."""
-        self._tracking.pop(job, None)
+        """Forget the job and remove its directory (per ``cleanup``). Tasks the scheduler may
+        still hold (cancelled calls whose cancel is in flight) are cancelled first: nothing
+        is wanted from them, and without their directory they would fail or linger."""
+        tracking = self._tracking.pop(job, None)
+        if tracking is None or len(tracking.ended) < len(job.spec.tasks):
+            await self.cancel(job)
         await super().release(job)
 
 

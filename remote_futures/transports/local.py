@@ -86,7 +86,7 @@ class LocalTransport(Transport):
         self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
-    def pickle_by_value(self) -> bool:
+    def ships_user_code(self) -> bool:
         """False: the worker gets the caller's ``sys.path`` and imports its modules itself."""
         return False
 

@@ -14,6 +14,7 @@ import pickle
 import posixpath
 import re
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ __all__ = ["Listing", "RemoteOptions", "RemoteTransport"]
 log = logging.getLogger("remote_futures")
 
 _OUTCOME = re.compile(r"call-(\d+)\.out$")
+_OUTPUT = re.compile(r"task-(\d+)\.(stdout|stderr)$")
 _EXIT = re.compile(r"task-(\d+)\.exit:(-?\d+)$")
 
 
@@ -63,6 +65,9 @@ class RemoteOptions:
     #: it. Either way, directories older than ``keep_days`` are pruned when an executor starts.
     cleanup: Literal["on_release", "never"] = "on_release"
     keep_days: float = 7.0
+    #: Copy what each task printed to this process's stdout/stderr once the task ends, as
+    #: ProcessPoolExecutor's children print to the terminal.
+    forward_output: bool = True
 
     @staticmethod
     def convert_env(value: Any) -> EnvSpec:
@@ -99,6 +104,8 @@ class Listing:
 
     outcomes: dict[str, set[int]]
     exits: dict[str, dict[int, int]]
+    #: Non-empty output files: directory -> {(task, "stdout" | "stderr")}.
+    outputs: dict[str, set[tuple[int, str]]] = dataclasses.field(default_factory=dict)
 
 
 def exit_status(code: int) -> TaskStatus:
@@ -123,6 +130,7 @@ class RemoteTransport(Transport):
         self.python = options.python
         #: What environment sync did in ``prepare()`` (None before it ran).
         self.sync_result: SyncResult | None = None
+        self._uploaded_code: set[str] = set()
 
     @property
     def describe(self) -> str:
@@ -186,6 +194,11 @@ class RemoteTransport(Transport):
         (:meth:`unpack_command`), saving a round trip per task."""
         job_dir = posixpath.join(self.jobs_dir, job.name)
         await self.shell.makedirs(job_dir, mode=0o700)
+        if job.code is not None and job.code.name not in self._uploaded_code:
+            code_dir = posixpath.join(self.work_dir, worker.CODE_DIR)
+            await self.shell.makedirs(code_dir)
+            await self.shell.write_file(posixpath.join(code_dir, job.code.name), job.code.data)
+            self._uploaded_code.add(job.code.name)
         bundle = pickle.dumps(
             {task.index: task.payload for task in job.tasks}, protocol=worker.ENVELOPE_PROTOCOL
         )
@@ -204,8 +217,8 @@ class RemoteTransport(Transport):
         quoted = " ".join(shlex.quote(d) for d in job_dirs)
         exits = " ".join(f"{shlex.quote(d)}/task-*.exit" for d in job_dirs)
         return (
-            f"find {quoted} -maxdepth 1 -name 'call-*.out' 2>/dev/null; "
-            f"grep -sH '' {exits}; true"
+            f"find {quoted} -maxdepth 1 \\( -name 'call-*.out' -o -name 'task-*.std*' -size +0 \\)"
+            f" 2>/dev/null; grep -sH '' {exits}; true"
         )
 
     @staticmethod
@@ -213,17 +226,46 @@ class RemoteTransport(Transport):
         """Parse :meth:`listing_command`'s output, keyed by job directory."""
         outcomes: dict[str, set[int]] = {}
         exits: dict[str, dict[int, int]] = {}
+        outputs: dict[str, set[tuple[int, str]]] = {}
         for line in text.splitlines():
             line = line.strip()
             match = _OUTCOME.search(line)
             if match:
                 outcomes.setdefault(posixpath.dirname(line), set()).add(int(match.group(1)))
                 continue
+            match = _OUTPUT.search(line)
+            if match:
+                outputs.setdefault(posixpath.dirname(line), set()).add(
+                    (int(match.group(1)), match.group(2))
+                )
+                continue
             match = _EXIT.search(line)
             if match:
                 directory = posixpath.dirname(line.rsplit(":", 1)[0])
                 exits.setdefault(directory, {})[int(match.group(1))] = int(match.group(2))
-        return Listing(outcomes, exits)
+        return Listing(outcomes, exits, outputs)
+
+    async def forward_output(self, ended: Mapping[JobHandle, set[int]], listing: Listing) -> None:
+        """Copy the output of tasks that just ended to this process's stdout and stderr."""
+        if not self.options.forward_output:
+            return
+        wanted = {
+            posixpath.join(handle.location, f"task-{task}.{kind}"): kind
+            for handle, tasks in ended.items()
+            for task, kind in sorted(listing.outputs.get(handle.location, ()))
+            if task in tasks
+        }
+        if not wanted:
+            return
+        found = await self.shell.read_files(list(wanted))
+        for path in wanted:
+            if path in found:
+                sink = sys.stdout if wanted[path] == "stdout" else sys.stderr
+                try:
+                    sink.write(found[path].decode(errors="replace"))
+                    sink.flush()
+                except (OSError, ValueError):
+                    pass  # the caller closed its stream
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]

@@ -125,6 +125,7 @@ class SSHHostTransport(RemoteTransport):
         alive = {int(word) for word in alive_text.split() if word.isdigit()}
         listing = self.parse_listing(listing_text)
         statuses: dict[JobHandle, JobStatus] = {}
+        newly_ended: dict[JobHandle, set[int]] = {}
         for handle in jobs:
             job = self._jobs.get(handle)
             if job is None:
@@ -142,12 +143,15 @@ class SSHHostTransport(RemoteTransport):
                     )
                 else:
                     status = TaskStatus(TaskState.PENDING)
-                if status.state.terminal:
+                if status.state.terminal and task not in job.ended:
                     job.ended.add(task)
+                    newly_ended.setdefault(handle, set()).add(task)
                 tasks[task] = status
             statuses[handle] = JobStatus(
                 tasks, frozenset(listing.outcomes.get(handle.location, set()))
             )
+        if newly_ended:
+            await self.forward_output(newly_ended, listing)
         return statuses
 
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:

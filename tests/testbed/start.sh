@@ -25,8 +25,8 @@
 #   RF_SLURMDBD_PORT=6819  RF_MYSQL_PORT=3307
 #   RF_SGE_QMASTER_PORT=6444  RF_SGE_EXECD_PORT=6445
 #   RF_SLURM_USER=slurmuser  RF_PBS_USER=pbsuser  RF_SGE_USER=sgeuser
-#   RF_SLURM_CPUS=<nproc>   CPUs Slurm advertises (may exceed real cores)
-#   RF_SGE_SLOTS=<nproc>    slots of all.q
+#   RF_SLURM_CPUS=<max(nproc,4)>  CPUs Slurm advertises (may exceed real cores)
+#   RF_SGE_SLOTS=<max(nproc,4)>   slots of all.q
 #   RF_SLURM_MIN_JOB_AGE=300  seconds a finished job stays visible in squeue/scontrol
 #   RF_TORQUE_PREFIX=/opt/slurm-torque   where install.sh unpacked the wrappers
 set -euo pipefail
@@ -56,8 +56,11 @@ SLURM_USER="${RF_SLURM_USER:-slurmuser}"
 PBS_USER="${RF_PBS_USER:-pbsuser}"
 SGE_USER="${RF_SGE_USER:-sgeuser}"
 NCPU="$(nproc)"
-SLURM_CPUS="${RF_SLURM_CPUS:-$NCPU}"
-SGE_SLOTS="${RF_SGE_SLOTS:-$NCPU}"
+# At least 4 job slots even on a 2-core machine: the test jobs mostly sleep or wait, and the
+# contract suite checks that max_workers=4 calls really run side by side.
+MIN_SLOTS=4
+SLURM_CPUS="${RF_SLURM_CPUS:-$(( NCPU > MIN_SLOTS ? NCPU : MIN_SLOTS ))}"
+SGE_SLOTS="${RF_SGE_SLOTS:-$(( NCPU > MIN_SLOTS ? NCPU : MIN_SLOTS ))}"
 MIN_JOB_AGE="${RF_SLURM_MIN_JOB_AGE:-300}"
 TORQUE_PREFIX="${RF_TORQUE_PREFIX:-/opt/slurm-torque}"
 SLURM_PARTITION="batch"
