@@ -50,6 +50,13 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks against peers in the same run (ratios, not assertions)."""
-    session.install("-e", ".[ssh]", "submitit")
-    for script in session.posargs or ["benchmarks/bench_local.py"]:
+    session.install("-e", ".[ssh]")
+    facts = os.path.join(os.environ.get("RF_TESTBED_DIR", "/tmp/rf-testbed"), "testbed.json")
+    scripts = ["benchmarks/bench_local.py", "benchmarks/bench_envsync.py"]
+    if os.path.exists(facts):
+        # submitit runs on the testbed host as the SLURM user, with the testbed's Python.
+        session.run("uv", "pip", "install", "--quiet", "--python",
+                    "/opt/rf-remote-python/bin/python", "submitit", external=True)
+        scripts += ["benchmarks/bench_schedulers.py"]
+    for script in session.posargs or scripts:
         session.run("python", script)

@@ -33,6 +33,9 @@ OUTCOME_NAME = "call-{}.out"
 EXIT_NAME = "task-{}.exit"
 STDOUT_NAME = "task-{}.stdout"
 STDERR_NAME = "task-{}.stderr"
+#: Created by the job script when the task starts: "running" even where the scheduler cannot
+#: say (the Torque wrappers list a running array task under another id).
+STARTED_NAME = "task-{}.started"
 #: All of a job's ``task-<i>.in`` payloads in one upload ({index: bytes}, stdlib pickle), split
 #: on the remote side by ``worker.py JOB_DIR --unpack``: one file transfer instead of many.
 BUNDLE_NAME = "tasks.bundle"

@@ -35,7 +35,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # for `import testbed_facts` from any test directory
     sys.path.insert(0, str(TESTS_DIR))
 
-from testbed_facts import require_testbed  # noqa: E402 - for the factories below
+from testbed_facts import executor_options, require_testbed  # noqa: E402
 
 from remote_futures import RemoteExecutor  # noqa: E402
 
@@ -58,21 +58,14 @@ def _shared_tmp_path(request: pytest.FixtureRequest) -> None:
         parent.chmod(parent.stat().st_mode | 0o011)
 
 
-def _remote(target: str, component: str, user_field: str) -> ContractFactory:
+def _remote(target: str, component: str) -> ContractFactory:
     @pytest.mark.testbed
     def factory(request: pytest.FixtureRequest) -> dict[str, Any]:
         facts = require_testbed(component)
         _shared_tmp_path(request)
-        return {
-            "target": target,
-            "host": facts.host,
-            "port": facts.port,
-            "user": getattr(facts, user_field),
-            "identity_file": str(facts.key),
-            "known_hosts": str(facts.known_hosts),
-            # The defaults: env="sync" from the user's bare system python3 (no cloudpickle),
-            # so every remote contract test also runs on a synced environment.
-        }
+        # The defaults: env="sync" from the user's bare system python3 (no cloudpickle), so
+        # every remote contract test also runs on a synced environment.
+        return {"target": target, **executor_options(facts, target)}
 
     return factory
 
@@ -80,10 +73,10 @@ def _remote(target: str, component: str, user_field: str) -> ContractFactory:
 #: Every transport the contract suite runs against: name -> factory (see the module docstring).
 CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "local": _local,
-    "ssh": _remote("ssh", "ssh", "slurm_user"),
-    "slurm": _remote("slurm", "slurm", "slurm_user"),
-    "pbs": _remote("pbs", "pbs", "pbs_user"),
-    "sge": _remote("sge", "sge", "sge_user"),
+    "ssh": _remote("ssh", "ssh"),
+    "slurm": _remote("slurm", "slurm"),
+    "pbs": _remote("pbs", "pbs"),
+    "sge": _remote("sge", "sge"),
 }
 
 #: The names the contract suite is parametrized over, in order (derived: edit the dict above).

@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import NoReturn
 
 __all__ = [
+    "COMPONENT_OF",
     "DEFAULT_TESTBED_DIR",
     "TestbedFacts",
+    "executor_options",
     "facts_path",
     "load_facts",
     "port_open",
+    "remote_python",
     "require_testbed",
     "testbed_dir",
 ]
@@ -189,3 +192,27 @@ def require_testbed(component: str) -> TestbedFacts:
     if not os.access(facts.key, os.R_OK):
         _unavailable(f"cannot read the ssh key {facts.key} (the testbed belongs to root)")
     return facts
+
+
+#: The testbed component, and the test user, that each transport uses.
+COMPONENT_OF = {"ssh": "ssh", "slurm": "slurm", "pbs": "pbs", "sge": "sge"}
+_USER_OF = {"ssh": "slurm_user", "slurm": "slurm_user", "pbs": "pbs_user", "sge": "sge_user"}
+_DEFAULT_REMOTE_PYTHON = "/opt/rf-remote-python/bin/python"
+
+
+def executor_options(facts: TestbedFacts, target: str) -> dict[str, object]:
+    """``RemoteExecutor`` keyword arguments that reach ``target`` on the testbed as its user,
+    with the default environment (``env="sync"`` from the user's bare system python3): test
+    modules are imported on the remote side, so their own imports must be there too."""
+    return {
+        "host": facts.host,
+        "port": facts.port,
+        "user": getattr(facts, _USER_OF[target]),
+        "identity_file": str(facts.key),
+        "known_hosts": str(facts.known_hosts),
+    }
+
+
+def remote_python(facts: TestbedFacts) -> str:
+    """The testbed's interpreter for ``env="off"``: the system Python 3 plus cloudpickle."""
+    return str(facts.raw.get("RF_REMOTE_PYTHON", _DEFAULT_REMOTE_PYTHON))

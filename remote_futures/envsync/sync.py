@@ -167,12 +167,15 @@ async def sync_environment(
     uv = facts.uv or await _bootstrap_uv(counting, facts, work_dir, python, spec, shell.label)
     base = await _base_interpreter(counting, facts, uv, want, spec, shell.label)
     requires = await anyio.to_thread.run_sync(_requires, dists, wanted) if local is None else {}
+    # The probe ran in the target venv itself only when resuming an interrupted sync; a
+    # `python` that merely is some venv of the user's is not where we install.
+    in_target = facts.in_venv and facts.executable.startswith(venv_dir.rstrip("/") + "/")
     plan = plan_install(
         wanted,
         markers=facts.markers,
-        remote_packages=facts.packages if facts.in_venv or spec.system_site_packages else {},
+        remote_packages=facts.packages if in_target or spec.system_site_packages else {},
         requires=requires,
-        remote_is_target=facts.in_venv,
+        remote_is_target=in_target,
     )
     _log_plan(plan, shell.label)
     install, shipped, by_value, skipped = await _ship(counting, plan, dists, venv_dir, spec)

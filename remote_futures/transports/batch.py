@@ -10,6 +10,7 @@ job the live status command no longer shows is looked up once in accounting (``s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import posixpath
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+from .. import worker
 from ..errors import ConfigurationError, SubmissionError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from ..resources import Resources
@@ -85,6 +87,12 @@ class _Tracking:
     final: dict[int, TaskStatus] = dataclasses.field(default_factory=dict)
     #: Tasks seen terminal (their output was forwarded).
     ended: set[int] = dataclasses.field(default_factory=set)
+    #: Tasks of this job that may run at once: its share of ``max_workers`` (0: not submitted).
+    throttle: int = 0
+    #: Tasks cancelled while the job waited here (they never reach the scheduler's queue).
+    cancelled: set[int] = dataclasses.field(default_factory=set)
+    #: Why the scheduler refused the job, when it was submitted after waiting here.
+    refused: str = ""
 
 
 class BatchTransport(RemoteTransport):
@@ -98,6 +106,9 @@ class BatchTransport(RemoteTransport):
     def __init__(self, options: BatchOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
         self._tracking: dict[JobHandle, _Tracking] = {}
+        #: Jobs uploaded but held here until running/pending tasks leave room under
+        #: ``max_workers``: the cap holds across jobs, as ProcessPoolExecutor's does.
+        self._waiting: collections.deque[JobHandle] = collections.deque()
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
@@ -115,16 +126,48 @@ class BatchTransport(RemoteTransport):
     # --- submit -------------------------------------------------------------------------------
 
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Upload the job, then unpack and submit it in one command (never retried: a
-        submission that may have happened must not happen twice)."""
+        """Upload the job; submit it now if ``max_workers`` leaves room, else when it does.
+        A refusal of a job submitted now raises :class:`SubmissionError`."""
         job_dir = await self.upload_job(job)
+        handle = JobHandle(job_id="", spec=job, location=job_dir)
+        self._tracking[handle] = _Tracking()
+        self._waiting.append(handle)
+        await self._submit_waiting(raise_for=handle)
+        return handle
+
+    def _room(self) -> int:
+        """How many more tasks may be running or pending in the scheduler."""
+        used = sum(
+            min(t.throttle, len(h.spec.tasks) - len(t.ended))
+            for h, t in self._tracking.items() if t.throttle
+        )
+        return self.max_workers - used
+
+    async def _submit_waiting(self, *, raise_for: JobHandle | None = None) -> None:
+        """Submit waiting jobs, oldest first, while there is room. A refusal fails that job's
+        tasks (the core then reports it); for ``raise_for`` it raises instead."""
+        while self._waiting and (room := self._room()) > 0:
+            handle = self._waiting.popleft()
+            tracking = self._tracking[handle]
+            tracking.throttle = min(len(handle.spec.tasks), room)
+            try:
+                await self._sbatch(handle, tracking.throttle)
+            except SubmissionError as exc:
+                if handle is raise_for:
+                    raise
+                tracking.refused = str(exc)
+
+    async def _sbatch(self, handle: JobHandle, throttle: int) -> None:
+        """Unpack and submit in one command, never retried: a submission that may have
+        happened must not happen twice."""
+        job, job_dir = handle.spec, handle.location
         request = ScriptRequest(
             job_name=job.name,
             job_dir=job_dir,
             n_tasks=len(job.tasks),
             resources=job.resources,
             worker_command=self.worker_command(job_dir),
-            max_concurrent=job.max_concurrent,
+            max_concurrent=throttle if len(job.tasks) > 1 else None,
         )
         script_path = posixpath.join(job_dir, "job.sh")
         await self.shell.write_file(script_path, render_script(self.dialect, request).encode(),
@@ -138,17 +181,20 @@ class BatchTransport(RemoteTransport):
                 f"{self.name} refused the job on {self.shell.label}: {said}",
                 command=submit, stderr=result.stderr,
             )
-        job_id = self.dialect.parse_submit(result.stdout)
-        handle = JobHandle(job_id=job_id, spec=job, location=job_dir)
-        self._tracking[handle] = _Tracking()
-        log.info("submitted %s: %s job %s with %d task(s)", job.name, self.name, job_id,
-                 len(job.tasks))
-        return handle
+        handle.job_id = self.dialect.parse_submit(result.stdout)
+        log.info("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
+                 handle.job_id, len(job.tasks), throttle)
 
     # --- poll ---------------------------------------------------------------------------------
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """One command for all jobs: the scheduler's status, then the job directories."""
+        """One command for all jobs: the scheduler's status, then the job directories. Jobs
+        still waiting here are submitted first if there is room now."""
+        await self._submit_waiting()
+        statuses = {h: self._held_status(h) for h in jobs if not h.job_id}
+        jobs = [h for h in jobs if h.job_id]
+        if not jobs:
+            return statuses
         ids = [handle.job_id for handle in jobs]
         status_command = shlex.join(self.dialect.status_argv(ids))
         command = (
@@ -160,17 +206,19 @@ class BatchTransport(RemoteTransport):
         live = self.dialect.parse_status(live_text, ids)
         listing = self.parse_listing(listing_text)
         now = time.monotonic()
-        statuses: dict[JobHandle, JobStatus] = {}
         lookups: list[JobHandle] = []
         ended: dict[JobHandle, set[int]] = {}
         for handle in jobs:
             tracking = self._tracking.setdefault(handle, _Tracking())
             exits = listing.exits.get(handle.location, {})
+            started = listing.started.get(handle.location, set())
             seen = live.get(handle.job_id, {})
             tasks: dict[int, TaskStatus] = {}
             for task in range(len(handle.spec.tasks)):
                 status = self._task_status(task, len(handle.spec.tasks) == 1, exits, seen,
                                            tracking)
+                if task in started and (status is None or status.state is TaskState.PENDING):
+                    status = TaskStatus(TaskState.RUNNING, "started")
                 if status is None:
                     first = tracking.missing_since.setdefault(task, now)
                     if now - first > _MISSING_GRACE:
@@ -245,12 +293,51 @@ class BatchTransport(RemoteTransport):
 
     # --- the rest -----------------------------------------------------------------------------
 
+    def _held_status(self, handle: JobHandle) -> JobStatus:
+        """A job not (successfully) submitted: pending, cancelled here, or refused."""
+        tracking = self._tracking[handle]
+        tasks: dict[int, TaskStatus] = {}
+        for task in range(len(handle.spec.tasks)):
+            if tracking.refused:
+                tasks[task] = TaskStatus(TaskState.FAILED, f"refused: {tracking.refused}")
+            elif task in tracking.cancelled:
+                tasks[task] = TaskStatus(TaskState.CANCELLED, "cancelled before submission")
+            else:
+                tasks[task] = TaskStatus(TaskState.PENDING, "waiting for max_workers room")
+        return JobStatus(tasks)
+
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
-        """Cancel the job or some of its array tasks with the scheduler's own command."""
-        argv = self.dialect.cancel_argv(job.job_id, tasks)
-        result = await self.shell.run(shlex.join(argv))
+        """Cancel the job or some of its array tasks: with the scheduler's own command, or,
+        for a job still waiting here, before it ever reaches the scheduler."""
+        tracking = self._tracking.get(job)
+        if not job.job_id:
+            if tracking is None:
+                return
+            wanted = set(range(len(job.spec.tasks))) if tasks is None else set(tasks)
+            tracking.cancelled |= wanted
+            if tracking.cancelled >= set(range(len(job.spec.tasks))):
+                if job in self._waiting:
+                    self._waiting.remove(job)
+                tracking.ended |= tracking.cancelled
+                return
+            # Part of a waiting job: its tasks skip these (the worker checks for the marker).
+            await self.shell.run(self._cancel_markers(job, wanted))
+            return
+        command = shlex.join(self.dialect.cancel_argv(job.job_id, tasks))
+        if tasks is not None:
+            # Not every scheduler can cancel one queued array task (the Torque wrappers
+            # cannot): the worker also skips a task with a cancel marker.
+            command = f"{self._cancel_markers(job, set(tasks))}; {command}"
+        result = await self.shell.run(command)
         if not result.ok:
-            log.info("%s for job %s: %s", argv[0], job.job_id, result.stderr.strip())
+            log.info("cancelling job %s: %s", job.job_id, result.stderr.strip())
+
+    @staticmethod
+    def _cancel_markers(job: JobHandle, tasks: set[int]) -> str:
+        return "touch " + " ".join(
+            shlex.quote(posixpath.join(job.location, worker.CANCEL_NAME.format(t)))
+            for t in sorted(tasks)
+        )
 
     def extra_log_files(self, job: JobHandle, task: int) -> list[str]:
         """The scheduler's own log of the task (timeouts and kills are reported there)."""
@@ -265,7 +352,9 @@ class BatchTransport(RemoteTransport):
         still hold (cancelled calls whose cancel is in flight) are cancelled first: nothing
         is wanted from them, and without their directory they would fail or linger."""
         tracking = self._tracking.pop(job, None)
-        if tracking is None or len(tracking.ended) < len(job.spec.tasks):
+        if job in self._waiting:
+            self._waiting.remove(job)
+        elif job.job_id and (tracking is None or len(tracking.ended) < len(job.spec.tasks)):
             await self.cancel(job)
         await super().release(job)
 

@@ -93,11 +93,13 @@ def render_script(dialect: Dialect, request: ScriptRequest) -> str:
     stdout = f'"$RF_JOB_DIR"/{worker.STDOUT_NAME.format("$RF_TASK")}'
     stderr = f'"$RF_JOB_DIR"/{worker.STDERR_NAME.format("$RF_TASK")}'
     exit_file = f'"$RF_JOB_DIR"/{worker.EXIT_NAME.format("$RF_TASK")}'
+    started = f'"$RF_JOB_DIR"/{worker.STARTED_NAME.format("$RF_TASK")}'
     lines = ["#!/bin/bash", *dialect.header(request)]
     lines += [
         f"RF_JOB_DIR={job_dir}",
         f"RF_TASK={dialect.task_index_expr}",
         f"exec >{stdout} 2>{stderr}",
+        f": >{started}",
         *request.resources.job_script_prologue,
         f'{request.worker_command} --task "$RF_TASK"',
         "rf_rc=$?",

@@ -32,6 +32,7 @@ log = logging.getLogger("remote_futures")
 
 _OUTCOME = re.compile(r"call-(\d+)\.out$")
 _OUTPUT = re.compile(r"task-(\d+)\.(stdout|stderr)$")
+_STARTED = re.compile(r"task-(\d+)\.started$")
 _EXIT = re.compile(r"task-(\d+)\.exit:(-?\d+)$")
 
 
@@ -106,6 +107,8 @@ class Listing:
     exits: dict[str, dict[int, int]]
     #: Non-empty output files: directory -> {(task, "stdout" | "stderr")}.
     outputs: dict[str, set[tuple[int, str]]] = dataclasses.field(default_factory=dict)
+    #: Tasks whose job script has started: directory -> {task}.
+    started: dict[str, set[int]] = dataclasses.field(default_factory=dict)
 
 
 def exit_status(code: int) -> TaskStatus:
@@ -217,8 +220,8 @@ class RemoteTransport(Transport):
         quoted = " ".join(shlex.quote(d) for d in job_dirs)
         exits = " ".join(f"{shlex.quote(d)}/task-*.exit" for d in job_dirs)
         return (
-            f"find {quoted} -maxdepth 1 \\( -name 'call-*.out' -o -name 'task-*.std*' -size +0 \\)"
-            f" 2>/dev/null; grep -sH '' {exits}; true"
+            f"find {quoted} -maxdepth 1 \\( -name 'call-*.out' -o -name 'task-*.started'"
+            f" -o -name 'task-*.std*' -size +0 \\) 2>/dev/null; grep -sH '' {exits}; true"
         )
 
     @staticmethod
@@ -227,11 +230,16 @@ class RemoteTransport(Transport):
         outcomes: dict[str, set[int]] = {}
         exits: dict[str, dict[int, int]] = {}
         outputs: dict[str, set[tuple[int, str]]] = {}
+        started: dict[str, set[int]] = {}
         for line in text.splitlines():
             line = line.strip()
             match = _OUTCOME.search(line)
             if match:
                 outcomes.setdefault(posixpath.dirname(line), set()).add(int(match.group(1)))
+                continue
+            match = _STARTED.search(line)
+            if match:
+                started.setdefault(posixpath.dirname(line), set()).add(int(match.group(1)))
                 continue
             match = _OUTPUT.search(line)
             if match:
@@ -243,7 +251,7 @@ class RemoteTransport(Transport):
             if match:
                 directory = posixpath.dirname(line.rsplit(":", 1)[0])
                 exits.setdefault(directory, {})[int(match.group(1))] = int(match.group(2))
-        return Listing(outcomes, exits, outputs)
+        return Listing(outcomes, exits, outputs, started)
 
     async def forward_output(self, ended: Mapping[JobHandle, set[int]], listing: Listing) -> None:
         """Copy the output of tasks that just ended to this process's stdout and stderr."""

@@ -6,28 +6,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from testbed_facts import TestbedFacts, require_testbed
+from testbed_facts import COMPONENT_OF, executor_options, require_testbed
 
 from remote_futures import RemoteExecutor
-
-#: The interpreter the testbed provides for env="off" (system Python + cloudpickle).
-DEFAULT_REMOTE_PYTHON = "/opt/rf-remote-python/bin/python"
-
-USER_OF = {"ssh": "slurm_user", "slurm": "slurm_user", "pbs": "pbs_user", "sge": "sge_user"}
-COMPONENT_OF = {"ssh": "ssh", "slurm": "slurm", "pbs": "pbs", "sge": "sge"}
-
-
-def connection(facts: TestbedFacts, target: str) -> dict[str, Any]:
-    """RemoteExecutor keyword arguments that reach ``target`` on the testbed as its user."""
-    return {
-        "host": facts.host,
-        "port": facts.port,
-        "user": getattr(facts, USER_OF[target]),
-        "identity_file": str(facts.key),
-        "known_hosts": str(facts.known_hosts),
-        "python": str(facts.raw.get("RF_REMOTE_PYTHON", DEFAULT_REMOTE_PYTHON)),
-        "env": "off",
-    }
 
 
 @pytest.fixture
@@ -37,7 +18,7 @@ def remote_executor() -> Iterator[Callable[..., RemoteExecutor]]:
 
     def make(target: str, **overrides: Any) -> RemoteExecutor:
         facts = require_testbed(COMPONENT_OF[target])
-        executor = RemoteExecutor(target, **{**connection(facts, target), **overrides})
+        executor = RemoteExecutor(target, **{**executor_options(facts, target), **overrides})
         created.append(executor)
         return executor
 

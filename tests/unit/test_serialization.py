@@ -109,7 +109,7 @@ def test_dumps_initializer() -> None:
 
 def test_encode_task_envelope() -> None:
     calls = [(0, dumps_call(abs, (-1,), {})), (5, dumps_call(abs, (-2,), {}))]
-    data = encode_task(iter(calls), initializer=b"init", sys_path=["/a", "/b"])
+    data = encode_task(iter(calls), initializer=b"init", sys_path=["/a", "/b"], code="c.zip")
     assert data[:2] == b"\x80\x04"  # protocol 4: readable by any Python >= 3.8
     envelope = pickle.loads(data)
     assert envelope == {
@@ -118,6 +118,7 @@ def test_encode_task_envelope() -> None:
         "calls": calls,
         "initializer": b"init",
         "sys_path": ["/a", "/b"],
+        "code": "c.zip",
     }
 
 
