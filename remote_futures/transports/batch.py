@@ -217,7 +217,9 @@ class BatchTransport(RemoteTransport):
             for task in range(len(handle.spec.tasks)):
                 status = self._task_status(task, len(handle.spec.tasks) == 1, exits, seen,
                                            tracking)
-                if task in started and (status is None or status.state is TaskState.PENDING):
+                # Started says running only while the scheduler still lists the task as
+                # pending: a task it no longer lists must go through accounting instead.
+                if task in started and status is not None and status.state is TaskState.PENDING:
                     status = TaskStatus(TaskState.RUNNING, "started")
                 if status is None:
                     first = tracking.missing_since.setdefault(task, now)
