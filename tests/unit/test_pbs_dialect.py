@@ -3,15 +3,13 @@ recorded real outputs (tests/data)."""
 
 from __future__ import annotations
 
-import difflib
-from pathlib import Path
-
 import pytest
+from dialect_support import assert_golden, data, request
 
 from remote_futures.errors import SubmissionError
 from remote_futures.jobs import TaskState, TaskStatus
 from remote_futures.resources import Resources
-from remote_futures.transports.dialect import ScriptRequest, render_script
+from remote_futures.transports.dialect import render_script
 from remote_futures.transports.pbs import (
     PBS_TASK_INDEX_EXPR,
     PBSProDialect,
@@ -21,41 +19,14 @@ from remote_futures.transports.pbs import (
     pbs_numeric_id,
 )
 
-DATA = Path(__file__).parent.parent / "data"
 PRO = PBSProDialect()
 TORQUE = TorqueDialect()
 
 
-def data(path: str) -> str:
-    return (DATA / path).read_text()
 
 
-def request(
-    n_tasks: int = 1, resources: Resources | None = None, **kwargs: object
-) -> ScriptRequest:
-    defaults: dict[str, object] = {
-        "job_name": "rf-job",
-        "job_dir": "/scratch/rf/jobs/0a1b",
-        "n_tasks": n_tasks,
-        "resources": resources or Resources(),
-        "worker_command": "python3 /scratch/rf/worker.py /scratch/rf/jobs/0a1b",
-    }
-    defaults.update(kwargs)
-    return ScriptRequest(**defaults)  # type: ignore[arg-type]
 
 
-def assert_golden(name: str, text: str) -> None:
-    expected = (DATA / "golden" / name).read_text()
-    if text != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                text.splitlines(keepends=True),
-                f"golden/{name}",
-                "rendered",
-            )
-        )
-        pytest.fail(f"job script differs from tests/data/golden/{name}:\n{diff}")
 
 
 FULL = Resources(
