@@ -52,5 +52,10 @@ class CountingShell(Shell):
 
 
 def env_prefix(**variables: str) -> str:
-    """A command prefix that sets environment variables for the rest of the command line."""
-    return "".join(f"{k}={shlex.quote(v)}; export {k}; " for k, v in variables.items())
+    """A command prefix that sets environment variables for the rest of the command line.
+
+    It also unsets VIRTUAL_ENV: the test's pretend remote host is this process, and an active
+    virtualenv here (nox sets one) is an interpreter uv would find, which a remote host lacks.
+    """
+    sets = "".join(f"{k}={shlex.quote(v)}; export {k}; " for k, v in variables.items())
+    return f"unset VIRTUAL_ENV; {sets}"
