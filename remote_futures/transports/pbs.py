@@ -132,12 +132,21 @@ class _PBSBase:
 
     name: str
     task_index_expr = PBS_TASK_INDEX_EXPR
+    #: The array option: ``-J`` on PBS Pro, ``-t`` on Torque.
+    array_flag: str
 
     def _resource_lines(self, request: ScriptRequest) -> list[str]:
         raise NotImplementedError
 
     def _array_option(self, request: ScriptRequest) -> list[str]:
-        raise NotImplementedError
+        # A single task is a plain job (PBS Pro refuses a one-task array). The %N limit
+        # (max_run_subjobs on PBS Pro) needs PBS Pro 2020.1 / OpenPBS 20.0 or newer.
+        if request.n_tasks < 2:
+            return []
+        spec = f"0-{request.n_tasks - 1}"
+        if request.max_concurrent:
+            spec += f"%{request.max_concurrent}"
+        return [self.array_flag, spec]
 
     def header(self, request: ScriptRequest) -> list[str]:
         """``#PBS`` lines: name, shell, resources, queue, account, then the user's extras.
@@ -188,6 +197,7 @@ class PBSProDialect(_PBSBase):
     """PBS Professional and OpenPBS: ``select`` resources, ``-J`` arrays, JSON ``qstat``."""
 
     name = "pbspro"
+    array_flag = "-J"
 
     def scheduler_log(self, job_dir: str, job_id: str, task: int | None = None) -> str:
         """The file holding PBS's own messages for one task (``=>> PBS: job killed: walltime
@@ -214,16 +224,6 @@ class PBSProDialect(_PBSBase):
         # ^array_index^ is PBS Pro's per-subjob substitution in output paths.
         name = "scheduler-^array_index^.log" if request.n_tasks > 1 else "scheduler.log"
         return ["-j", "oe", "-o", f"{request.job_dir}/{name}"]
-
-    def _array_option(self, request: ScriptRequest) -> list[str]:
-        # PBS Pro refuses a one-task array, so a single task is a plain job. The %N limit
-        # (max_run_subjobs) needs PBS Pro 2020.1 / OpenPBS 20.0 or newer.
-        if request.n_tasks < 2:
-            return []
-        spec = f"0-{request.n_tasks - 1}"
-        if request.max_concurrent:
-            spec += f"%{request.max_concurrent}"
-        return ["-J", spec]
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         """``qstat -f -F json -x -t IDS``: full JSON, finished jobs from the history (``-x``),
@@ -299,6 +299,7 @@ class TorqueDialect(_PBSBase):
     """
 
     name = "torque"
+    array_flag = "-t"
 
     def __init__(self, *, list_subjobs: bool = True) -> None:
         self.list_subjobs = list_subjobs
@@ -329,14 +330,6 @@ class TorqueDialect(_PBSBase):
         # The wrappers paste these into an sbatch command line unquoted: a job directory
         # with whitespace cannot work there.
         return ["-j", "oe", "-o", f"{request.job_dir}/scheduler.log"]
-
-    def _array_option(self, request: ScriptRequest) -> list[str]:
-        if request.n_tasks < 2:
-            return []
-        spec = f"0-{request.n_tasks - 1}"
-        if request.max_concurrent:
-            spec += f"%{request.max_concurrent}"
-        return ["-t", spec]
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         """``qstat -f [-t] IDS``. Finished jobs stay visible for ``keep_completed`` (Torque)

@@ -54,7 +54,6 @@ class SSHHostTransport(RemoteTransport):
     def __init__(self, options: SSHHostOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
         self._jobs: dict[JobHandle, _HostJob] = {}
-        self._count = 0
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
@@ -65,7 +64,6 @@ class SSHHostTransport(RemoteTransport):
         """Upload and unpack the job, then start as many tasks as slots allow."""
         job_dir = await self.upload_job(job)
         (await self.shell.run(self.unpack_command(job_dir))).check(f"unpacking {job.name}")
-        self._count += 1
         handle = JobHandle(job_id=f"{job.name}", spec=job, location=job_dir)
         self._jobs[handle] = _HostJob(handle, collections.deque(t.index for t in job.tasks))
         await self._launch()
