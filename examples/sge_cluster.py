@@ -3,7 +3,7 @@
     python examples/sge_cluster.py login.hpc.example.org me
 """
 
-import sys
+import argparse
 
 from remote_futures import RemoteExecutor, Resources
 
@@ -14,7 +14,11 @@ def fit(seed: int) -> int:
 
 
 def main() -> None:
-    host, user = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("host", help="the login host (or an alias from ~/.ssh/config)")
+    parser.add_argument("user", help="your user name on that host")
+    args = parser.parse_args()
+    host, user = args.host, args.user
     with RemoteExecutor(
         "sge", host=host, user=user, max_workers=50,
         resources=Resources(walltime="01:00:00", memory="2G", partition="all.q"),

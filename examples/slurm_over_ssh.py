@@ -3,7 +3,7 @@
     python examples/slurm_over_ssh.py login.hpc.example.org me
 """
 
-import sys
+import argparse
 
 from remote_futures import RemoteExecutor, Resources
 
@@ -14,7 +14,11 @@ def simulate(x: int) -> int:
 
 
 def main() -> None:
-    host, user = sys.argv[1], sys.argv[2]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("host", help="the login host (or an alias from ~/.ssh/config)")
+    parser.add_argument("user", help="your user name on that host")
+    args = parser.parse_args()
+    host, user = args.host, args.user
     with RemoteExecutor(
         "slurm", host=host, user=user,
         resources=Resources(cpus=1, memory="1G", walltime="00:10:00", partition="short",
