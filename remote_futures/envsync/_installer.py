@@ -246,7 +246,8 @@ def main() -> None:
             os.makedirs(parent, mode=0o700, exist_ok=True)
         lock.acquire()
         try:
-            if _marker_key(config["marker"]) == config["key"]:
+            python = os.path.join(config["venv"], "bin", "python")
+            if _marker_key(config["marker"]) == config["key"] and _python_works(python, config):
                 out = {"status": "present"}
             else:
                 out = dict(_build(config), status="installed")

@@ -8,8 +8,11 @@ Round trips, on a miss and on a hit::
                                                                  install, verify, marker)
 
 The venv's directory is named by a hash of the wanted set, the Python major.minor and the remote
-platform. A venv with a marker is complete and never changed again, so jobs running in it are
-safe from a later sync; a changed set gets a new venv, which uv fills from its cache.
+platform (a local project by what it installs: its metadata, not its files, since the caller's
+own modules travel with each job). A venv with a marker is complete and never changed again, so
+jobs running in it are safe from a later sync; a changed set gets a new venv, which uv fills
+from its cache. The check also starts the venv's Python (a venv whose base interpreter went
+away is rebuilt) and removes all but ``keep_envs`` venvs, least recently used first.
 """
 
 from __future__ import annotations
@@ -135,25 +138,37 @@ async def sync_environment(
         return await _check_only(counting, shell.label, python=python, want=want, work_dir=work_dir)
     dists = await anyio.to_thread.run_sync(_local_dists, local)
     wanted = wanted_set(spec, dists, cloudpickle_version=importlib.metadata.version("cloudpickle"))
-    fingerprints = await anyio.to_thread.run_sync(_fingerprints, wanted)
+    fingerprints = await anyio.to_thread.run_sync(_fingerprints, wanted, dists)
     key = env_key(wanted, spec=spec, python_version=want, python=python, fingerprints=fingerprints)
     for name, reason in wanted.excluded:
         log.debug("not mirrored: %s (%s)", name, reason)
 
+    uv_digests = await anyio.to_thread.run_sync(ship.local_uv_digests)
     done = await counting.run(
-        remote.check_command(work_dir=work_dir, python=python, want=want, key=key),
+        remote.check_command(
+            work_dir=work_dir, python=python, want=want, key=key, uv_sha256=uv_digests,
+            keep=spec.keep_envs,
+        ),
         timeout=_PROBE_TIMEOUT,
     )
     check = remote.parse_check(done.stdout)
     if check is None:
         raise _probe_failed(shell.label, python, done)
     venv_dir = check.venv_dir
+    for old in check.pruned:
+        log.info("%s: removed the old environment %s (keep_envs=%s)", shell.label, old,
+                 spec.keep_envs)
     if check.marker is not None and check.marker.get("key") == key:
         return _from_marker(check.marker, venv_dir, wanted, counting.count, shell.label)
+    if check.broken:
+        log.warning("%s: the environment %s no longer runs (was its base Python removed?); "
+                    "rebuilding it", shell.label, venv_dir)
     facts = check.facts
     if facts is None:  # a damaged marker: probe the base interpreter on its own
         done = await counting.run(
-            remote.probe_command(python=python, want=want, work_dir=work_dir),
+            remote.probe_command(
+                python=python, want=want, work_dir=work_dir, uv_sha256=uv_digests
+            ),
             timeout=_PROBE_TIMEOUT,
         )
         facts = remote.parse_probe(done.stdout)
@@ -274,9 +289,9 @@ def _changes(
     ]
 
 
-def _fingerprints(wanted: Wanted) -> dict[str, str]:
+def _fingerprints(wanted: Wanted, dists: Mapping[str, LocalDist]) -> dict[str, str]:
     return {
-        item.name: ship.fingerprint(item.source.path)
+        item.name: ship.install_fingerprint(dists.get(item.name), item.source.path)
         for item in wanted.to_ship if item.source.path
     }
 
