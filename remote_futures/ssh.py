@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .errors import ConfigurationError, TransportError
-from .shell import CommandResult, Shell
+from .shell import CommandResult, Shell, posix_command
 
 if TYPE_CHECKING:
     import asyncssh
@@ -182,7 +182,11 @@ class SSHShell(Shell):
         timeout: float | None = None,
         retry: bool = True,
     ) -> CommandResult:
-        """Run ``command`` through the remote user's shell; never raises on a non-zero exit.
+        """Run ``command`` with the remote ``/bin/sh``; never raises on a non-zero exit.
+
+        sshd starts every command with the user's login shell, which may be tcsh or csh: it
+        is only asked to ``exec /bin/sh`` on the command (:func:`~remote_futures.shell.
+        posix_command`), so POSIX command lines work for every account.
 
         ``timeout`` bounds the command's run time (connecting is bounded separately by
         ``connect_timeout`` and ``reconnect_attempts``); when it expires the remote process is
@@ -206,7 +210,7 @@ class SSHShell(Shell):
                     # silently, that waits until keepalive notices.
                     with anyio.fail_after(timeout):
                         process = await conn.create_process(
-                            command,
+                            posix_command(command),
                             input=input,
                             # No input: give the command an immediate EOF, like LocalShell's
                             # DEVNULL, so a command that reads stdin cannot hang. (asyncssh
