@@ -6,6 +6,8 @@ Round trips, on a miss and on a hit::
     miss:  check+probe ─▶ [bootstrap uv] ─▶ [upload wheels] ─▶ installer ─▶ venv python
                                                                 (lock, uv venv, ONE uv pip
                                                                  install, verify, marker)
+    no index there: ... installer fails to connect ─▶ download wheels here for its platform
+                         ─▶ upload them ─▶ installer (ONE uv pip install --no-index)
 
 The venv's directory is named by a hash of the wanted set, the Python major.minor and the remote
 platform (a local project by what it installs: its metadata, not its files, since the caller's
@@ -34,7 +36,7 @@ import anyio
 
 from ..errors import RemoteEnvironmentError
 from ..shell import CommandResult, Shell
-from . import remote, ship
+from . import remote, ship, wheelhouse
 from .plan import InstallPlan, Wanted, WantedItem, env_key, plan_install, wanted_set
 from .remote import MARKER_NAME, RemoteFacts
 from .snapshot import LocalDist, canonical_name, local_distributions
@@ -74,6 +76,8 @@ class SyncResult:
     #: (name, old, new) against the previous venv of this Python and platform (or against what
     #: the probed interpreter had); None stands for "absent".
     changed: list[tuple[str, str | None, str | None]] = dataclasses.field(default_factory=list)
+    #: Wheels downloaded here and uploaded because the remote side could not reach the index.
+    uploaded_wheels: list[str] = dataclasses.field(default_factory=list)
 
 
 class _CountingShell:
@@ -227,6 +231,23 @@ async def sync_environment(
         "heartbeat": max(1.0, min(10.0, stale_lock_after / 4)),
     }
     outcome = await _install(counting, facts.executable, config, shell.label)
+    uploaded: list[str] = []
+    if (
+        outcome["status"] == "error" and outcome.get("stage") == "install"
+        and not spec.offline and wheelhouse.network_failure(str(outcome.get("detail", "")))
+    ):
+        # An air-gapped login node: resolve and download the wheels here, for its platform.
+        log.warning("%s: the remote side cannot reach the package index; downloading the "
+                    "wheels here and uploading them", shell.label)
+        uploaded = await _upload_wheelhouse(counting, install, facts, spec, venv_dir,
+                                            shell.label)
+        config = dict(
+            config,
+            requirements="".join(f"{line}\n" for line in wheelhouse.offline_requirements(install)),
+            uv_options=[*_without_indexes(spec.uv_options()), "--no-index", "--find-links",
+                        f"{venv_dir}-wheels"],
+        )
+        outcome = await _install(counting, facts.executable, config, shell.label)
     if outcome["status"] == "error":
         error = _install_error(outcome, config, install, shell.label)
         if outcome.get("stage") == "venv" and base == want:
@@ -250,6 +271,7 @@ async def sync_environment(
         excluded=list(wanted.excluded),
         by_value=by_value,
         changed=changed,
+        uploaded_wheels=uploaded,
     )
 
 
@@ -475,6 +497,44 @@ async def _ship(
         shipped.append(f"{item.name} (wheel)")
         install.append(dataclasses.replace(item, requirement=f"{item.name} @ file://{target}"))
     return install, shipped, by_value, skipped
+
+
+async def _upload_wheelhouse(
+    shell: _CountingShell, install: Sequence[WantedItem], facts: RemoteFacts, spec: EnvSpec,
+    venv_dir: str, label: str,
+) -> list[str]:
+    """Download the wheels of ``install`` for the remote platform; upload them beside the
+    venv (where shipped wheels go). Returns the uploaded file names."""
+    wheels = await wheelhouse.download_wheels(install, facts, spec, label)
+    if not wheels:
+        return []
+    size = 0
+    try:
+        target = f"{venv_dir}-wheels"
+        await shell.makedirs(target)
+        for wheel in wheels:
+            data = await anyio.Path(wheel).read_bytes()
+            size += len(data)
+            await shell.write_file(f"{target}/{wheel.name}", data)
+    finally:
+        shutil.rmtree(wheels[0].parent, ignore_errors=True)
+    log.info("%s: uploaded %d wheels (%d MB) for an index it cannot reach", label, len(wheels),
+             size >> 20)
+    return [wheel.name for wheel in wheels]
+
+
+def _without_indexes(options: Sequence[str]) -> list[str]:
+    """uv options without the index ones (each of which takes a value)."""
+    kept: list[str] = []
+    skip = False
+    for option in options:
+        if skip:
+            skip = False
+        elif option in ("--index-url", "--extra-index-url", "--find-links"):
+            skip = True
+        elif option != "--no-index":
+            kept.append(option)
+    return kept
 
 
 async def _install(
