@@ -124,9 +124,12 @@ class Shell(abc.ABC):
         return result.stdout.strip()
 
     async def makedirs(self, path: str, *, mode: int = 0o700) -> None:
-        """Create ``path`` and its parents (an existing directory is fine)."""
+        """Create ``path`` and its parents (an existing directory is fine); every level this
+        creates is private to the user (0700), and ``path`` itself gets ``mode``."""
         q = shlex.quote(path)
-        (await self.run(f"mkdir -p {q} && chmod {mode:o} {q}")).check(f"creating {path}")
+        (await self.run(f"umask 077 && mkdir -p {q} && chmod {mode:o} {q}")).check(
+            f"creating {path}"
+        )
 
 
 class LocalShell(Shell):

@@ -213,3 +213,16 @@ async def test_on_the_testbed_a_new_work_dir_is_private_and_a_planted_worker_rep
         assert await transport.shell.read_file(planted) == WORKER
     finally:
         await transport.close()
+
+
+async def test_makedirs_makes_every_level_it_creates_private(tmp_path: Path) -> None:
+    from remote_futures.shell import LocalShell
+
+    old = os.umask(0o002)  # a group-friendly umask, common with user private groups
+    try:
+        await LocalShell().makedirs(str(tmp_path / "a" / "b" / "c"), mode=0o755)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "a" / "b" / "c").stat().st_mode) == 0o755
