@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from remote_futures import serialization
 from remote_futures.serialization import user_code
 
 
@@ -24,6 +25,8 @@ def _bundled(name: str) -> str:
 def test_an_edited_and_reloaded_module_ships_its_new_source(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Files are looked at again at most every _RECHECK_AFTER seconds; at once here.
+    monkeypatch.setattr(serialization, "_RECHECK_AFTER", 0.0)
     source = tmp_path / "rf_reloaded_mod.py"
     source.write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
