@@ -12,7 +12,7 @@ import anyio
 
 from ..errors import RemoteEnvironmentError
 from ..shell import CommandResult
-from . import remote, ship
+from . import remote, ship, wheelhouse
 from .remote import RemoteFacts
 from .report import version_error
 from .spec import EnvSpec
@@ -57,11 +57,10 @@ async def bootstrap_uv(
 ) -> tuple[str, ...]:
     """Put a uv on the remote side: our own binary when the platforms match, else pip's."""
     local_uv = ship.local_uv_executable()
+    target = remote.absolute_work_dir(work_dir, facts.home) + "/bin/uv"
     if local_uv and same_machine(facts):
-        target = remote.absolute_work_dir(work_dir, facts.home) + "/bin/uv"
         data = await anyio.Path(local_uv).read_bytes()
-        await shell.makedirs(target.rsplit("/", 1)[0])
-        await shell.write_file(target, data, mode=0o755)
+        await _upload_uv(shell, target, data)
         log.info("%s: no uv there; uploaded this machine's uv (%d MB) to %s",
                  label, len(data) >> 20, target)
         return (target,)
@@ -73,6 +72,18 @@ async def bootstrap_uv(
             log.info("%s: no uv there; installed it with pip install --user uv", label)
             return (facts.executable, "-m", "uv")
         why = (done.stderr.strip() or done.stdout.strip())[-1000:]
+        # No network there (or a pip that may not install): fetch uv's wheel for that
+        # platform here, and upload the binary it holds.
+        try:
+            data = await wheelhouse.download_uv(facts, spec, label)
+        except RemoteEnvironmentError as exc:
+            why += f"; and here: {exc}"
+        else:
+            await _upload_uv(shell, target, data)
+            log.info("%s: no uv there and pip could not install it; uploaded uv (%d MB) from "
+                     "its wheel for %s %s to %s", label, len(data) >> 20, facts.system,
+                     facts.machine, target)
+            return (target,)
     else:
         why = "offline, and this machine's uv is for another platform"
     raise RemoteEnvironmentError(
@@ -80,6 +91,11 @@ async def bootstrap_uv(
         f"there (`curl -LsSf https://astral.sh/uv/install.sh | sh`, or `{python} -m pip install "
         f"--user uv`) and try again, or use env='off' with a ready interpreter."
     )
+
+
+async def _upload_uv(shell: Runner, target: str, data: bytes) -> None:
+    await shell.makedirs(target.rsplit("/", 1)[0])
+    await shell.write_file(target, data, mode=0o755)
 
 
 async def base_interpreter(

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from .remote import RemoteFacts
 from .spec import EnvSpec
 
 __all__ = [
-    "download_command", "download_wheels", "network_failure", "offline_requirements",
-    "platform_tags",
+    "download_command", "download_uv", "download_wheels", "network_failure",
+    "offline_requirements", "platform_tags",
 ]
 
 #: What uv (reqwest) and pip print when the index could not be reached at all, as opposed to
@@ -36,7 +37,8 @@ _NETWORK = re.compile(
     r"error sending request|tcp connect error|dns error|failed to lookup address|"
     r"connection refused|network is unreachable|no route to host|could not connect|"
     r"operation timed out|connection reset|name or service not known|"
-    r"temporary failure in name resolution",
+    r"temporary failure in name resolution|failed to establish a new connection|"
+    r"max retries exceeded",
     re.IGNORECASE,
 )
 
@@ -164,3 +166,32 @@ async def download_wheels(
             f"command: {' '.join(argv)}"
         )
     return sorted(Path(dest).glob("*.whl"))
+
+
+async def download_uv(facts: RemoteFacts, spec: EnvSpec, label: str) -> bytes:
+    """The uv binary for the remote platform, taken from the ``uv`` wheel downloaded here.
+
+    For a remote side with no uv, no network and another platform than this machine (whose
+    own uv binary would not run there)."""
+    dest = tempfile.mkdtemp(prefix="rf-uv-")
+    try:
+        argv = [*_pip(), "download", "--only-binary=:all:", "--no-deps", "--dest", dest,
+                "--python-version", facts.major_minor, "--disable-pip-version-check", "--quiet"]
+        for tag in platform_tags(facts):
+            argv += ["--platform", tag]
+        argv += [*_index_options(spec, ()), "uv"]
+        done = await anyio.run_process(argv, check=False, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            said = (done.stderr.decode(errors="replace").strip()
+                    or done.stdout.decode(errors="replace").strip())
+            raise RemoteEnvironmentError(
+                f"{label}: downloading uv here for the remote platform failed: {said[-2000:]}"
+            )
+        for wheel in Path(dest).glob("uv-*.whl"):
+            with zipfile.ZipFile(wheel) as archive:
+                for name in archive.namelist():
+                    if re.fullmatch(r"uv-[^/]+\.data/scripts/uv", name):
+                        return archive.read(name)
+        raise RemoteEnvironmentError(f"{label}: the downloaded uv wheel holds no uv binary")
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import os
 import socket
 import sys
 import threading
@@ -141,3 +142,83 @@ def test_platform_tags_follow_the_remote_glibc_and_machine() -> None:
     ]
     with pytest.raises(RemoteEnvironmentError, match="cannot pick wheels"):
         platform_tags(_facts("Darwin", "arm64", ("", "")))
+
+
+def _uv_wheel(directory: Path, wheelhouse: Path) -> Path:
+    """A ``uv`` wheel for this Linux machine holding this machine's uv binary, as PyPI's do."""
+    import platform
+    import shutil as _shutil
+
+    from envsync_wheelhouse import _write_wheel
+
+    from remote_futures.envsync.ship import local_uv_executable
+
+    binary = local_uv_executable()
+    assert binary is not None
+    version = "0.0.1"
+    info = f"uv-{version}.dist-info"
+    tag = f"py3-none-manylinux_2_17_{platform.machine()}"
+    files = {
+        f"uv-{version}.data/scripts/uv": Path(binary).read_bytes(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: uv\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n".encode(),
+    }
+    target = directory / "uv-index"
+    target.mkdir()
+    for wheel in wheelhouse.glob("*.whl"):
+        _shutil.copy(wheel, target)
+    _write_wheel(target / f"uv-{version}-{tag}.whl", info, files)
+    return target
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(300)
+async def test_no_uv_no_network_and_another_platform_here_gets_uv_from_its_wheel(
+    tmp_path: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import shutil as _shutil
+    import subprocess
+
+    from remote_futures.envsync import bootstrap
+
+    system_python = _shutil.which("python3", path="/usr/bin:/bin")
+    want = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    minor = subprocess.run([system_python or "false", "-c",
+                            "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True).stdout.strip()
+    if system_python is None or minor != want:
+        pytest.skip(f"needs a system python{want} without uv beside it")
+    # This machine's own uv binary is not offered: it stands for a client on another
+    # platform (a laptop), which is what cannot be staged on one machine.
+    monkeypatch.setattr(bootstrap, "same_machine", lambda facts: False)
+    index_dir = _uv_wheel(tmp_path, wheelhouse)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index_dir))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    proxy = f"http://127.0.0.1:{_closed_port()}"
+    shell = CountingShell(env_prefix(
+        PATH="/usr/bin:/bin", HOME=str(home), PIP_RETRIES="0", PIP_TIMEOUT="5",
+        NO_PROXY="", no_proxy="", UV_HTTP_RETRIES="0",
+        **{name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy",
+                                    "https_proxy", "all_proxy")},
+    ))
+    try:
+        spec = EnvSpec(find_links=(f"http://127.0.0.1:{server.server_address[1]}/",),
+                       no_index=True)
+        caplog.set_level(logging.INFO, "remote_futures.envsync")
+        result = await sync_environment(shell, python=system_python, work_dir="work", spec=spec,
+                                        local={"rf-tiny-a": "1.0", "cloudpickle": CLOUDPICKLE})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "uploaded uv" in caplog.text and "from its wheel" in caplog.text
+    uploaded = home / "work" / "bin" / "uv"
+    assert os.access(uploaded, os.X_OK)
+    done = subprocess.run([result.python, "-c", "import rf_tiny_a; print(rf_tiny_a.__version__)"],
+                          capture_output=True, text=True)
+    assert done.stdout.strip() == "1.0", done.stderr
+    assert result.uploaded_wheels  # the packages came the same way
