@@ -121,12 +121,18 @@ _DIR_LINE = "@@rf-dir "
 
 
 def work_dir_check_command(work_dir: str) -> str:
-    """Create ``work_dir`` if missing (every level created 0700) and describe it and the
-    directories in it that hold trusted files: the user id, then ``ls -ldnL`` of each."""
+    """Create ``work_dir`` if missing (every level created 0700), and its ``jobs`` directory
+    (0700) only if ``work_dir`` is the user's and nobody else may write to it; then describe
+    it and the directories in it that hold trusted files: the user id, ``ls -ldnL`` of each.
+    :func:`check_work_dir` judges the description."""
     quoted = shlex.quote(work_dir)
+    jobs = shlex.quote(posixpath.join(work_dir, "jobs"))
     names = " ".join(shlex.quote(name) for name in (".", *_TRUSTED_SUBDIRS))
     return (
-        f"umask 077 && mkdir -p {quoted} && printf '{_UID_LINE}%s\\n' \"$(id -u)\" && "
+        f"umask 077 && mkdir -p {quoted} && "
+        f"if [ -O {quoted} ] && [ -z \"$(find {quoted} -prune \\( -perm -020 -o -perm -002 "
+        f"\\) 2>&1)\" ]; then mkdir -p {jobs} && chmod 700 {jobs}; fi; "
+        f"printf '{_UID_LINE}%s\\n' \"$(id -u)\"; "
         f"for n in {names}; do d={quoted}/\"$n\"; if [ -e \"$d\" ] || [ -L \"$d\" ]; then "
         f"printf '{_DIR_LINE}%s ' \"$n\"; ls -ldnL -- \"$d\" 2>&1 || echo '?'; fi; done"
     )
@@ -169,18 +175,20 @@ def check_work_dir(
                                if c == "w")
             problem = f"is writable by {who} (mode {mode[:10]})"
         if problem:
+            fix = (
+                f", or, if the directory is yours and holds nothing foreign, run "
+                f"`chmod go-w {shlex.quote(path)}` there" if owner == uid and mode[0] == "d"
+                else ""
+            )
             raise ConfigurationError(
                 f"refusing to use the work directory {work_dir} on {label}: {path} {problem}. "
                 "Whoever can write there could plant code that jobs run or results this "
                 "process unpickles. Pick a work_dir of your own (the default is "
-                "~/.remote_futures), or, if the directory is yours and holds nothing foreign, "
-                f"run `chmod go-w {shlex.quote(path)}` there."
-                if owner == uid and mode[0] == "d" else
-                f"refusing to use the work directory {work_dir} on {label}: {path} {problem}. "
-                "Whoever can write there could plant code that jobs run or results this "
-                "process unpickles. Pick a work_dir of your own (the default is "
-                "~/.remote_futures)."
+                f"~/.remote_futures){fix}."
             )
+    if "jobs" not in seen:
+        raise ConfigurationError(f"could not create {posixpath.join(work_dir, 'jobs')} on "
+                                 f"{label}")
 
 
 def exit_status(code: int) -> TaskStatus:
@@ -227,15 +235,14 @@ class RemoteTransport(Transport):
         self.work_dir = work.rstrip("/") or "/"
         checked = await self.shell.run(work_dir_check_command(self.work_dir))
         check_work_dir(checked.stdout, self.work_dir, self.shell.label, checked)
-        jobs = shlex.quote(self.jobs_dir)
+        jobs = self.jobs_dir  # created by the check, once the work directory passed it
         minutes = int(self.options.keep_days * 24 * 60)
         # Directories of jobs whose client went away; bounded by age, never by name guessing.
-        setup = (
-            f"umask 077 && mkdir -p {jobs} && chmod 700 {jobs} && "
-            f"{{ find {jobs} -mindepth 1 -maxdepth 1 -type d -name 'rf-*' "
-            f"-mmin +{minutes} -exec rm -rf {{}} + 2>/dev/null; true; }}"
+        prune = (
+            f"find {shlex.quote(jobs)} -mindepth 1 -maxdepth 1 -type d -name 'rf-*' "
+            f"-mmin +{minutes} -exec rm -rf {{}} + 2>/dev/null; true"
         )
-        (await self.shell.run(setup)).check(f"creating {self.jobs_dir}")
+        await self.shell.run(prune)
 
     async def close(self) -> None:
         """Disconnect."""

@@ -93,6 +93,7 @@ async def test_check_work_dir_names_the_owner() -> None:
     listing = (
         "@@rf-uid 1001\n"
         "@@rf-dir . drwx------ 2 1002 1002 4096 Nov 30 12:00 /scratch/rf/.\n"
+        "@@rf-dir jobs drwx------ 2 1002 1002 4096 Nov 30 12:00 /scratch/rf/jobs\n"
     )
     with pytest.raises(ConfigurationError, match=r"belongs to user id 1002, not to this user "
                                                  r"\(id 1001\)"):
