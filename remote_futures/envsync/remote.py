@@ -212,7 +212,9 @@ def check_command(
     return (
         f"d={root}/{platform}-{key}; l={root}/last-{platform}.json; "
         f"printf '{_VENV_LINE}%s\\n' \"$d\"; "
-        f"if [ -f {marker} ] && \"$d\"/bin/python -c '' 2>/dev/null; then "
+        # -S: whether the interpreter starts is the question (its base install may be gone);
+        # skipping site saves a third of the start-up on every hit.
+        f"if [ -f {marker} ] && \"$d\"/bin/python -S -c '' 2>/dev/null; then "
         f"touch {marker}; printf '{_MARKER_LINE}'; cat {marker}; echo; "
         f"else if [ -f {marker} ]; then printf '{_BROKEN_LINE}\\n'; fi; "
         f"if [ -f \"$l\" ]; then printf '{_PREVIOUS_LINE}'; cat \"$l\"; echo; fi; "
