@@ -13,11 +13,30 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["Resources"]
+__all__ = ["Resources", "check_line"]
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 _WALLTIME = re.compile(r"^(?:(\d+)-)?(\d+):(\d{1,2}):(\d{1,2})$|^(\d+)$")
 _ALIASES = {"cores": "cpus", "queue": "partition", "project": "account"}
+#: Characters that could end a line of the job script (or hide text in it): every C0 control
+#: character except tab, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def check_line(value: str, what: str) -> str:
+    """Return ``value``, or raise :class:`ConfigurationError` when it holds a newline or
+    another control character.
+
+    Resource values end up on lines of a job script (``#SBATCH --partition=...``): a newline
+    in one would start a line of the caller's choosing, such as an extra directive or a shell
+    command, so it is refused before anything is submitted."""
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise ConfigurationError(
+            f"{what} {value!r} contains the control character {found.group()!r} at position "
+            f"{found.start()}: resource values must be single lines"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +59,14 @@ class Resources:
     job_script_prologue: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("memory", "walltime", "partition", "account"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, str | int | float) or isinstance(value, bool):
+                    raise ConfigurationError(
+                        f"Resources.{name} must be a string, got {type(value).__name__}"
+                    )
+                check_line(str(value), f"Resources.{name}")
         for name in ("cpus", "gpus"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -56,7 +83,10 @@ class Resources:
                 raise ConfigurationError(
                     f"Resources.{name} must be a list of strings, not a string"
                 )
-            object.__setattr__(self, name, tuple(str(v) for v in value))
+            lines = tuple(str(v) for v in value)
+            for index, line in enumerate(lines):
+                check_line(line, f"Resources.{name}[{index}]")
+            object.__setattr__(self, name, lines)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str = "resources") -> Resources:

@@ -16,6 +16,7 @@ import pickle
 import sys
 import sysconfig
 import threading
+import time
 import types
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -143,7 +144,12 @@ def _load_exception(envelope: Mapping[str, Any]) -> BaseException:
 # --- the caller's own modules travel as source ---------------------------------------------
 
 _bundle_lock = threading.Lock()
-_bundle_cache: tuple[int, CodeBundle | None] = (-1, None)
+#: (number of modules, (path, mtime_ns, size) of each file in the bundle, the bundle).
+_bundle_cache: tuple[int, tuple[tuple[str, int, int], ...], CodeBundle | None] = (-1, (), None)
+#: Seconds between looks at the bundled files' stamps: an edit is picked up by a human's next
+#: run, while a loop of submits does not stat every file each time.
+_RECHECK_AFTER = 0.5
+_checked_at = 0.0
 _registered: set[str] = set()
 #: A user's code bundle above this size is still shipped, with a warning in the log.
 _LARGE_BUNDLE = 50 * 1024 * 1024
@@ -191,12 +197,20 @@ def user_code() -> CodeBundle | None:
     an initializer and the calls, classes keep their identity and remote tracebacks name the
     real files. A user module that cannot be put in the zip (one inside a namespace package)
     is pickled by value instead. ``__main__`` is always pickled by value (cloudpickle). Cheap
-    per submit: the zip is only rebuilt when new modules were imported.
+    per submit: the zip is only rebuilt when new modules were imported or one of its files
+    changed (an edit picked up by ``importlib.reload`` or IPython's autoreload).
     """
-    global _bundle_cache
+    global _bundle_cache, _checked_at
     modules = dict(sys.modules)
-    if _bundle_cache[0] == len(modules):
-        return _bundle_cache[1]
+    count, stamps, cached = _bundle_cache
+    if count == len(modules):
+        # No new module; and no file of the bundle changed on disk (an edit, autoreload).
+        now = time.monotonic()
+        if now - _checked_at < _RECHECK_AFTER:
+            return cached
+        if _stamps(path for path, _, _ in stamps) == stamps:
+            _checked_at = now
+            return cached
     with _bundle_lock:
         prefixes = _installed_prefixes()
         files: dict[str, str] = {}  # zip path -> disk path
@@ -219,8 +233,22 @@ def user_code() -> CodeBundle | None:
             logging.getLogger("remote_futures").warning(
                 "your own modules make a %d MB code bundle: consider installing them as a "
                 "package", len(bundle.data) >> 20)
-        _bundle_cache = (len(modules), bundle)
+        _bundle_cache = (len(modules), _stamps(files.values()), bundle)
+        _checked_at = time.monotonic()
         return bundle
+
+
+def _stamps(paths: Iterable[str]) -> tuple[tuple[str, int, int], ...]:
+    """(path, mtime_ns, size) of each file: what tells that a bundled source changed."""
+    found: list[tuple[str, int, int]] = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError:
+            found.append((path, -1, -1))
+            continue
+        found.append((path, info.st_mtime_ns, info.st_size))
+    return tuple(found)
 
 
 def _zip(files: Mapping[str, str]) -> CodeBundle:

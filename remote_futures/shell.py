@@ -19,7 +19,28 @@ import anyio
 
 from .errors import TransportError
 
-__all__ = ["CommandResult", "LocalShell", "Shell"]
+__all__ = ["CommandResult", "LocalShell", "Shell", "posix_command"]
+
+#: Bytes that reach ``/bin/sh`` unchanged through any login shell's single quotes (sh, bash,
+#: zsh, csh/tcsh, fish) and sh's double quotes: printable ASCII except quotes, backslash, the
+#: expansion characters and csh's history mark; ``%`` is special to printf.
+_PASS_THROUGH = frozenset(range(0x20, 0x7F)) - set(b"\\'\"$`!%")
+
+
+def posix_command(command: str) -> str:
+    """``command`` wrapped so that ``/bin/sh`` runs it whatever the remote login shell is.
+
+    sshd hands a command to the user's login shell, and every command here is POSIX sh. A
+    tcsh or csh account would parse it (and stop at the first newline in a quoted string);
+    so the login shell is only asked to ``exec /bin/sh``, with an argument it cannot
+    misread: the command's bytes outside a small safe set become printf octal escapes, and
+    sh decodes and evaluates them. Standard input, the exit status and signals (sh replaces
+    the login shell's process) pass through unchanged.
+    """
+    encoded = "".join(
+        chr(byte) if byte in _PASS_THROUGH else f"\\{byte:03o}" for byte in command.encode()
+    )
+    return f"exec /bin/sh -c 'eval \"$(printf \"{encoded}\")\"'"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +124,12 @@ class Shell(abc.ABC):
         return result.stdout.strip()
 
     async def makedirs(self, path: str, *, mode: int = 0o700) -> None:
-        """Create ``path`` and its parents (an existing directory is fine)."""
+        """Create ``path`` and its parents (an existing directory is fine); every level this
+        creates is private to the user (0700), and ``path`` itself gets ``mode``."""
         q = shlex.quote(path)
-        (await self.run(f"mkdir -p {q} && chmod {mode:o} {q}")).check(f"creating {path}")
+        (await self.run(f"umask 077 && mkdir -p {q} && chmod {mode:o} {q}")).check(
+            f"creating {path}"
+        )
 
 
 class LocalShell(Shell):

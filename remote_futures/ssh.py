@@ -2,13 +2,14 @@
 
 One :class:`SSHShell` holds **one** SSH connection and runs every command as a channel on it,
 at most ``max_channels`` at a time (sshd refuses channels beyond its ``MaxSessions``, 10 by
-default, and the long-lived SFTP client permanently holds one). Files move over that one SFTP
-client, opened lazily. Keepalives detect a dead peer; a dropped connection is re-established
-with exponential back-off by the next operation, one reconnect at a time.
+default, and the long-lived SFTP client permanently holds one). Every command runs under
+``/bin/sh``, whatever the account's login shell. Files move over that one SFTP client, opened
+lazily. Keepalives detect a dead peer; a dropped connection is re-established by the next
+operation, one reconnect at a time, and an operation cut by the drop is run again once when it
+may be (:meth:`SSHShell.run`'s ``retry``).
 
-Host keys are always checked strictly against ``known_hosts`` (the user's by default). Nothing
-is ever added to a known_hosts file; turning the check off takes the loudly named
-``insecure_no_host_key_check=True``.
+Connecting (the SSH config, ProxyJump, the strict host-key policy and back-off) is
+:mod:`remote_futures.ssh_connect`'s :class:`~remote_futures.ssh_connect.Connector`.
 
 asyncssh is an optional dependency (``pip install 'remote_futures[ssh]'``): this module imports
 without it, and constructing an :class:`SSHShell` raises an actionable :class:`ImportError`.
@@ -18,18 +19,19 @@ asyncssh is asyncio-only, so an :class:`SSHShell` must be used on anyio's asynci
 from __future__ import annotations
 
 import errno
-import getpass
 import logging
 import os
 import posixpath
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from .errors import ConfigurationError, TransportError
-from .shell import CommandResult, Shell
+from .shell import CommandResult, Shell, posix_command
+from .ssh_connect import Connector, _abort_all, _asyncssh, _describe
+from .ssh_connect import _parse_jump as _parse_jump  # importable from here, where it lived
 
 if TYPE_CHECKING:
     import asyncssh
@@ -40,27 +42,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Keepalive probes that may go unanswered before asyncssh declares the connection dead
-#: (with the default 15 s interval: a silent peer is detected within about 45 s).
-_KEEPALIVE_COUNT_MAX = 3
-
 #: Concurrent SFTP requests in :meth:`SSHShell.read_files`. They are requests on the one SFTP
 #: channel, not channels, so MaxSessions does not apply; this bounds open remote handles.
 _SFTP_PARALLEL = 16
-
-#: Most ProxyJump hops followed for one connection (guards against a loop in the SSH config).
-_MAX_JUMPS = 8
-
-_INSTALL_HINT = "SSHShell needs asyncssh: pip install 'remote_futures[ssh]'"
-
-
-def _asyncssh() -> Any:
-    """Import asyncssh on first use, with an actionable message when it is missing."""
-    try:
-        import asyncssh
-    except ImportError as exc:
-        raise ImportError(_INSTALL_HINT) from exc
-    return asyncssh
 
 
 class SSHShell(Shell):
@@ -130,8 +114,21 @@ class SSHShell(Shell):
         self.max_channels = max_channels
         self.reconnect_attempts = reconnect_attempts
         self.reconnect_backoff = reconnect_backoff
+        self._connector = Connector(
+            host,
+            port=port,
+            user=user,
+            identity_file=self.identity_file,
+            known_hosts=self.known_hosts,
+            insecure_no_host_key_check=insecure_no_host_key_check,
+            ssh_config=self.ssh_config,
+            connect_timeout=connect_timeout,
+            keepalive_interval=keepalive_interval,
+            reconnect_attempts=reconnect_attempts,
+            reconnect_backoff=reconnect_backoff,
+        )
         # The best guess until the SSH config is resolved at connection time.
-        self.label = f"{user or _local_user()}@{host}:{port or 22}"
+        self.label = self._connector.label
 
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
@@ -182,7 +179,11 @@ class SSHShell(Shell):
         timeout: float | None = None,
         retry: bool = True,
     ) -> CommandResult:
-        """Run ``command`` through the remote user's shell; never raises on a non-zero exit.
+        """Run ``command`` with the remote ``/bin/sh``; never raises on a non-zero exit.
+
+        sshd starts every command with the user's login shell, which may be tcsh or csh: it
+        is only asked to ``exec /bin/sh`` on the command (:func:`~remote_futures.shell.
+        posix_command`), so POSIX command lines work for every account.
 
         ``timeout`` bounds the command's run time (connecting is bounded separately by
         ``connect_timeout`` and ``reconnect_attempts``); when it expires the remote process is
@@ -206,7 +207,7 @@ class SSHShell(Shell):
                     # silently, that waits until keepalive notices.
                     with anyio.fail_after(timeout):
                         process = await conn.create_process(
-                            command,
+                            posix_command(command),
                             input=input,
                             # No input: give the command an immediate EOF, like LocalShell's
                             # DEVNULL, so a command that reads stdin cannot hang. (asyncssh
@@ -456,7 +457,7 @@ class SSHShell(Shell):
             _abort_all(self._jumps)
             self._jumps = []
             try:
-                self._conn = await self._connect_with_backoff()
+                self._conn, self._jumps = await self._connector.connect(lambda: self._closed)
             except TransportError as exc:
                 self._connect_error = exc
                 raise
@@ -464,6 +465,7 @@ class SSHShell(Shell):
                 self._connect_error = None
             finally:
                 self._connect_cycles += 1
+                self.label = self._connector.label  # as the SSH config resolved it
             return self._conn
 
     def _forget_sftp(self, conn: asyncssh.SSHClientConnection | None) -> None:
@@ -478,239 +480,6 @@ class SSHShell(Shell):
                 self._sftp = await conn.start_sftp_client()
                 self._sftp_conn = conn
             return self._sftp
-
-    async def _connect_with_backoff(self) -> asyncssh.SSHClientConnection:
-        ssh = _asyncssh()
-        delay = self.reconnect_backoff
-        last: BaseException | None = None
-        for attempt in range(1, self.reconnect_attempts + 1):
-            if self._closed:  # close() was called while this waited between attempts
-                raise TransportError(f"the SSH shell for {self.label} is closed")
-            try:
-                return await self._connect_once()
-            except (
-                OSError,  # refused, unreachable, reset, DNS (gaierror)
-                TimeoutError,  # connect_timeout
-                ssh.DisconnectError,  # fatal kinds are turned into TransportError earlier
-                ssh.ChannelOpenError,  # a ProxyJump host could not reach the target
-            ) as exc:
-                last = exc
-                logger.warning(
-                    "connecting to %s failed (attempt %d of %d): %s",
-                    self.label,
-                    attempt,
-                    self.reconnect_attempts,
-                    _describe(exc),
-                )
-            if attempt < self.reconnect_attempts:
-                await anyio.sleep(delay)
-                delay *= 2
-        assert last is not None
-        raise TransportError(
-            f"cannot connect to {self.label} after {self.reconnect_attempts} attempt(s): "
-            f"{_describe(last)}"
-        ) from last
-
-    async def _connect_once(self) -> asyncssh.SSHClientConnection:
-        """One connection attempt; errors that retrying cannot fix raise TransportError."""
-        config = self._config_paths()
-        jumps: list[asyncssh.SSHClientConnection] = []
-        try:
-            conn = await self._open_hop(
-                self.host, self.port, self.user, self.identity_file, config, jumps, target=True
-            )
-        except BaseException:
-            _abort_all(jumps)
-            raise
-        self._jumps = jumps
-        logger.info("connected to %s", self.label)
-        return conn
-
-    async def _open_hop(
-        self,
-        host: str,
-        port: int | None,
-        user: str | None,
-        identity_file: str | None,
-        config: list[str],
-        jumps: list[asyncssh.SSHClientConnection],
-        *,
-        target: bool = False,
-        tunnel: asyncssh.SSHClientConnection | None = None,
-        depth: int = 0,
-    ) -> asyncssh.SSHClientConnection:
-        """Connect to one host, first opening its ProxyJump hops (appended to ``jumps``).
-
-        The hops are opened here rather than by asyncssh because asyncssh connects to a jump
-        host with its defaults: the ``known_hosts`` policy of this shell would not apply there,
-        and ``UserKnownHostsFile none`` in the SSH config would silently disable the check.
-        """
-        ssh = _asyncssh()
-        kwargs: dict[str, Any] = {
-            "host": host,
-            "config": config,
-            "connect_timeout": self.connect_timeout,
-            "keepalive_interval": self.keepalive_interval,
-            "keepalive_count_max": _KEEPALIVE_COUNT_MAX,
-        }
-        if port is not None:
-            kwargs["port"] = port
-        if user is not None:
-            kwargs["username"] = user
-        if identity_file is not None:
-            kwargs["client_keys"] = [identity_file]
-        if tunnel is not None:
-            kwargs["tunnel"] = tunnel  # also overrides this hop's own ProxyJump, as OpenSSH does
-        try:
-            # Resolve the SSH config (and load keys: file I/O) to learn the effective host,
-            # port, user, ProxyJump and known_hosts before connecting.
-            options = await anyio.to_thread.run_sync(
-                lambda: ssh.SSHClientConnectionOptions(**kwargs)
-            )
-        except (OSError, ValueError, ssh.Error) as exc:
-            raise ConfigurationError(f"invalid SSH settings for {host}: {_describe(exc)}") from exc
-        where = f"{options.username}@{options.host}:{options.port}"
-        if target:
-            self.label = where
-        if tunnel is None and isinstance(options.tunnel, str) and options.tunnel:
-            if depth >= _MAX_JUMPS:
-                raise ConfigurationError(
-                    f"ProxyJump chain for {host} is longer than {_MAX_JUMPS} hops (a loop?)"
-                )
-            hop_tunnel: asyncssh.SSHClientConnection | None = None
-            for hop in options.tunnel.split(","):
-                hop_user, hop_host, hop_port = _parse_jump(hop)
-                hop_tunnel = await self._open_hop(
-                    hop_host,
-                    hop_port,
-                    hop_user,
-                    None,  # an explicit identity_file is for the target, as with ssh -i
-                    config,
-                    jumps,
-                    tunnel=hop_tunnel,
-                    depth=depth + 1,
-                )
-                jumps.append(hop_tunnel)
-            kwargs["tunnel"] = hop_tunnel
-        known_hosts = self._known_hosts_for(options.known_hosts, where)
-        if known_hosts is None:
-            logger.warning(
-                "connecting to %s WITHOUT host key verification "
-                "(insecure_no_host_key_check=True): the server is not authenticated",
-                where,
-            )
-        try:
-            conn: asyncssh.SSHClientConnection = await ssh.connect(
-                **kwargs, known_hosts=known_hosts
-            )
-        except ssh.HostKeyNotVerifiable as exc:
-            raise TransportError(
-                self._host_key_message(options.host, options.port, known_hosts, exc)
-            ) from exc
-        except ssh.PermissionDenied as exc:
-            raise TransportError(
-                f"authentication to {where} failed ({_describe(exc)}): check the user "
-                "and the key (identity_file, IdentityFile in the SSH config, or ssh-agent)"
-            ) from exc
-        except (ssh.DisconnectError, ssh.ChannelOpenError):
-            raise  # possibly transient: the caller retries with back-off
-        except ssh.Error as exc:
-            raise TransportError(f"cannot connect to {where}: {_describe(exc)}") from exc
-        return conn
-
-    def _config_paths(self) -> list[str]:
-        if self.ssh_config is not None:
-            if not os.path.exists(self.ssh_config):
-                raise ConfigurationError(f"ssh_config file {self.ssh_config} does not exist")
-            return [self.ssh_config]
-        default = os.path.expanduser("~/.ssh/config")
-        return [default] if os.access(default, os.R_OK) else []
-
-    def _known_hosts_for(self, from_config: object, where: str) -> object:
-        """The known_hosts argument for asyncssh: never None unless insecure was asked for."""
-        if self.insecure_no_host_key_check:
-            return None
-        if self.known_hosts is not None:
-            if not os.path.exists(self.known_hosts):
-                raise TransportError(
-                    f"known_hosts file {self.known_hosts} does not exist; create it with "
-                    f"ssh-keyscan (see the error for an unknown host) or fix the path"
-                )
-            return self.known_hosts
-        # asyncssh reads "UserKnownHostsFile none" in the SSH config as "check nothing"
-        # (known_hosts=None). Strict checking is only given up by the explicit flag here.
-        if from_config is None:
-            logger.warning(
-                "ignoring 'UserKnownHostsFile none' in the SSH config for %s: host keys are "
-                "checked against ~/.ssh/known_hosts (insecure_no_host_key_check=True to skip)",
-                where,
-            )
-            from_config = []
-        files = [
-            os.path.expanduser(str(f))
-            for f in (from_config if isinstance(from_config, list) else [])
-        ]
-        files = [f for f in files if os.path.isfile(f)]  # OpenSSH also skips missing files
-        if not files:
-            default = os.path.expanduser("~/.ssh/known_hosts")
-            if os.path.isfile(default):
-                files = [default]
-        # Empty known-hosts *data* (b""): no key is trusted, so every host fails the check.
-        return files or b""
-
-    def _host_key_message(
-        self, host: str, port: int, known_hosts: object, exc: BaseException
-    ) -> str:
-        where = host if port == 22 else f"[{host}]:{port}"
-        listed = [known_hosts] if isinstance(known_hosts, str) else known_hosts
-        files = (
-            ", ".join(map(str, listed))
-            if isinstance(listed, list) and listed
-            else "(no known_hosts file: ~/.ssh/known_hosts does not exist)"
-        )
-        keyscan = f"ssh-keyscan {'' if port == 22 else f'-p {port} '}{host}"
-        kind = "is not in" if not self._listed(host, port, known_hosts) else "does NOT match"
-        return (
-            f"host key verification failed for {where} ({_describe(exc)}): the key the server "
-            f"offered {kind} {files}.\n"
-            f"- A new host: check its key fingerprint with the administrator, then add it with "
-            f"`{keyscan} >> ~/.ssh/known_hosts`, or pass known_hosts='/path/to/file' to a file "
-            f"that lists it.\n"
-            f"- A changed key: someone may be intercepting the connection. If the host was "
-            f"reinstalled, remove the old entry with `ssh-keygen -R '{where}'` and add the "
-            f"new one.\n"
-            f"Host keys are never accepted automatically; insecure_no_host_key_check=True "
-            f"turns the check off (not recommended)."
-        )
-
-    @staticmethod
-    def _listed(host: str, port: int, known_hosts: object) -> bool:
-        """Whether known_hosts lists any key for host:port (a mismatch, not an unknown host)."""
-        ssh = _asyncssh()
-        try:
-            matched = ssh.match_known_hosts(known_hosts, host, host, None if port == 22 else port)
-        except Exception:  # only a hint for the message: never mask the real error
-            return False
-        return bool(matched[0])  # (trusted host keys, trusted CA keys, revoked keys, ...)
-
-
-def _parse_jump(hop: str) -> tuple[str | None, str, int | None]:
-    """Split one ProxyJump entry, ``[user@]host[:port]`` (``[v6addr]:port`` too)."""
-    user, _, hostport = hop.strip().rpartition("@")
-    host, port = hostport, None
-    if hostport.startswith("["):
-        host, _, rest = hostport[1:].partition("]")
-        if rest.startswith(":"):
-            port = int(rest[1:])
-    elif hostport.count(":") == 1:
-        host, _, port_text = hostport.partition(":")
-        port = int(port_text)
-    return user or None, host, port
-
-
-def _abort_all(conns: list[asyncssh.SSHClientConnection]) -> None:
-    for conn in reversed(conns):  # the first hop last: the later hops run through it
-        conn.abort()
 
 
 def _stop(process: asyncssh.SSHClientProcess[bytes]) -> None:
@@ -742,21 +511,9 @@ def _sftp_error(exc: BaseException, path: str, doing: str, label: str) -> Except
     return TransportError(f"{doing} {path} on {label} failed: {_describe(exc)}")
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _text(data: bytes | str | None) -> str:
     if data is None:
         return ""
     if isinstance(data, str):
         return data
     return data.decode(errors="replace")
-
-
-def _local_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "?"

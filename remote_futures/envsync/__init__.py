@@ -1,13 +1,18 @@
 """Environment sync: make the remote Python able to run the calls this process submits.
 
-Data flow (one direction; only :mod:`.sync` does I/O)::
+Data flow (one direction; :mod:`.sync` orchestrates, and does I/O with :mod:`.bootstrap`,
+:mod:`.ship` and :mod:`.wheelhouse`)::
 
     spec.EnvSpec ──┐
     snapshot ──────┴─▶ plan.wanted_set ─▶ plan.env_key ─▶ remote.check_command ──(hit)──▶ done
-                                                               │ (miss: probe)
-                                      plan.plan_install ◀──────┘
-                                             │
+                                                   (venv runs? prune) │ (miss or broken: probe)
+                                      plan.plan_install ◀─────────────┘
+                                             │          bootstrap (uv, base interpreter)
                         ship (wheels / by value) ─▶ remote.installer_command ─▶ done
+                                                         │ (cannot reach the index)
+                                   wheelhouse (download here, upload) ─▶ installer ─▶ done
+
+:mod:`.report` words the errors and the change lists.
 
 A transport calls :func:`sync_environment` once in ``prepare()`` and runs the worker with the
 returned ``SyncResult.python``. See ``DESIGN.md`` ("envsync").

@@ -151,15 +151,38 @@ class Lock:
         return None
 
     def _break(self, why: str) -> None:
-        # Rename first: of two clients breaking the same stale lock, only one rename succeeds,
-        # so neither removes a lock the other has just taken.
-        grave = "%s.stale-%s-%d" % (self.path, self.host, os.getpid())
+        # Breakers take turns on a second lock and look again under it. Without that, two
+        # clients could both find the same stale lock; the first breaks it and takes a fresh
+        # one, and the second, acting on its old verdict, would break that fresh lock too:
+        # two installers at once.
+        breaker = self.path + ".break"
         try:
-            os.rename(self.path, grave)
+            os.mkdir(breaker)
+        except FileExistsError:
+            try:  # a breaker that died leaves this behind: clear it once it is old
+                if time.time() - os.stat(breaker).st_mtime > max(self.stale_after, 30.0):
+                    os.rmdir(breaker)
+            except OSError:
+                pass
+            return
         except OSError:
             return
-        shutil.rmtree(grave, ignore_errors=True)
-        self.broken.append(why)
+        try:
+            if self._stale_holder() is None:
+                return  # released or broken meanwhile, perhaps taken afresh: not ours to break
+            # Rename first, so a reader never sees a half-removed lock.
+            grave = "%s.stale-%s-%d" % (self.path, self.host, os.getpid())
+            try:
+                os.rename(self.path, grave)
+            except OSError:
+                return
+            shutil.rmtree(grave, ignore_errors=True)
+            self.broken.append(why)
+        finally:
+            try:
+                os.rmdir(breaker)
+            except OSError:
+                pass
 
 
 def _marker_key(path: str) -> Optional[str]:
@@ -246,7 +269,8 @@ def main() -> None:
             os.makedirs(parent, mode=0o700, exist_ok=True)
         lock.acquire()
         try:
-            if _marker_key(config["marker"]) == config["key"]:
+            python = os.path.join(config["venv"], "bin", "python")
+            if _marker_key(config["marker"]) == config["key"] and _python_works(python, config):
                 out = {"status": "present"}
             else:
                 out = dict(_build(config), status="installed")

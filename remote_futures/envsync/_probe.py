@@ -7,6 +7,7 @@ only, and Python 3.6 syntax, so that an old remote interpreter can still say whi
 # Python 3.6 runs this file: typing.Dict, %-formatting, universal_newlines, no capture_output.
 # ruff: noqa: UP006, UP021, UP022, UP031, UP035, UP045, RUF005
 
+import hashlib
 import json
 import os
 import platform
@@ -75,7 +76,18 @@ def _run(argv: List[str], timeout: float = 60) -> "subprocess.CompletedProcess[s
     )
 
 
-def _find_uv(candidates: List[str], minimum: str, home: str, notes: List[str]) -> Any:
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _find_uv(
+    candidates: List[str], minimum: str, home: str, notes: List[str], trusted: List[str]
+) -> Any:
+    own = candidates[0] if candidates else None
     for candidate in candidates:
         if candidate == "-m uv":
             argv = [sys.executable, "-m", "uv"]
@@ -83,6 +95,18 @@ def _find_uv(candidates: List[str], minimum: str, home: str, notes: List[str]) -
             path = os.path.join(home, os.path.expanduser(candidate))
             if not os.access(path, os.X_OK):
                 continue
+            if candidate == own:
+                # Our own copy has a predictable name: run it only if it is, byte for byte, a
+                # uv this client would upload itself.
+                try:
+                    digest = _sha256(path)
+                except OSError as exc:
+                    notes.append("%s: %s" % (path, exc))
+                    continue
+                if digest not in trusted:
+                    notes.append("%s is not a uv this client uploaded (sha256 %s); ignored"
+                                 % (path, digest[:16]))
+                    continue
             argv = [path]
         else:
             found = shutil.which(candidate)
@@ -125,7 +149,9 @@ def main() -> None:
         "hostname": platform.node(),
     }
     notes: List[str] = []
-    uv, uv_version = _find_uv(config["uv_candidates"], config["min_uv"], home, notes)
+    uv, uv_version = _find_uv(
+        config["uv_candidates"], config["min_uv"], home, notes, config.get("uv_sha256", [])
+    )
     result["uv"] = uv
     result["uv_version"] = uv_version
     matching: Optional[str] = None

@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import json
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,26 @@ _MARKER_LINE = "@@rf-marker "
 _PROBE_LINE = "@@rf-probe "
 _PREVIOUS_LINE = "@@rf-previous "
 _INSTALL_LINE = "@@rf-install "
+_BROKEN_LINE = "@@rf-broken"
+_PRUNED_LINE = "@@rf-pruned "
+
+
+def _prune_snippet(root: str, platform: str, keep: int) -> str:
+    """Shell lines removing all but the ``keep`` most recently used complete venvs.
+
+    A venv's marker is touched at every cache hit, so ``ls -t`` of the markers orders venvs by
+    last use. The venv of this sync (``$d``) is never removed, and neither is one whose sync is
+    in progress (it has no marker yet, or holds a lock). A venv is first renamed away, so a
+    job starting meanwhile fails to find it rather than running in a half-deleted tree."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, not {keep}")
+    markers = f'{root}/{platform}-*/{MARKER_NAME}'
+    return (
+        f"ls -t {markers} 2>/dev/null | tail -n +{keep + 1} | while IFS= read -r m; do "
+        f'v="${{m%/*}}"; if [ "$v" != "$d" ] && [ ! -d "$v".lock ] && '
+        f'mv "$v" "$v".old-$$ 2>/dev/null; then '
+        f'rm -rf "$v".old-$$ "$v"-wheels; printf \'{_PRUNED_LINE}%s\\n\' "$v"; fi; done'
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +142,10 @@ class CheckOutcome:
     facts: RemoteFacts | None
     #: The marker of the venv last built for this Python and platform (on a miss), if any.
     previous: dict[str, Any] | None = None
+    #: The venv had a marker but its Python no longer starts: it is rebuilt.
+    broken: bool = False
+    #: Venvs removed because more than ``keep`` were there.
+    pruned: tuple[str, ...] = ()
 
 
 def home_relative(work_dir: str) -> str | None:
@@ -154,29 +179,47 @@ def uv_candidates(work_dir: str) -> list[str]:
     return [own, "uv", "~/.local/bin/uv", "~/.cargo/bin/uv", "-m uv"]
 
 
-def _probe_invocation(python_word: str, *, want: str, work_dir: str) -> str:
-    config = {"want": want, "uv_candidates": uv_candidates(work_dir), "min_uv": MIN_UV}
+def _probe_invocation(
+    python_word: str, *, want: str, work_dir: str, uv_sha256: Sequence[str] = ()
+) -> str:
+    config = {
+        "want": want, "uv_candidates": uv_candidates(work_dir), "min_uv": MIN_UV,
+        # The work dir's own uv (the first candidate) is used only with one of these digests.
+        "uv_sha256": list(uv_sha256),
+    }
     return f"{python_word} -c {shlex.quote(_PROBE_SOURCE)} {shlex.quote(json.dumps(config))}"
 
 
-def check_command(*, work_dir: str, python: str, want: str, key: str) -> str:
+def check_command(
+    *, work_dir: str, python: str, want: str, key: str, uv_sha256: Sequence[str] = (),
+    keep: int | None = None,
+) -> str:
     """The first (and, when nothing changed, only) command of a sync.
 
-    It prints the venv's absolute path, then either the marker (a complete venv) or the probe
-    of the interpreter (the half-made venv's own when it works, else the base ``python``) and
-    the record of the previous venv, to tell what changed.
+    It prints the venv's absolute path, then either the marker (a complete venv whose Python
+    still starts) or the probe of the interpreter (the half-made venv's own when it works,
+    else the base ``python``) and the record of the previous venv, to tell what changed. A
+    marked venv whose Python no longer starts (its base interpreter was removed, say) is
+    reported broken and probed like a missing one, so it gets rebuilt. With ``keep``, it
+    also removes all but the ``keep`` most recently used complete venvs of this Python and
+    platform (never this one), in the same round trip.
     """
     root = envs_root(work_dir)
     platform = f'py{want}-"$(uname -s)-$(uname -m)"'
     marker = f'"$d"/{MARKER_NAME}'
-    probe = _probe_invocation('"$p"', want=want, work_dir=work_dir)
+    probe = _probe_invocation('"$p"', want=want, work_dir=work_dir, uv_sha256=uv_sha256)
+    prune = "" if keep is None else _prune_snippet(root, platform, keep)
     return (
         f"d={root}/{platform}-{key}; l={root}/last-{platform}.json; "
         f"printf '{_VENV_LINE}%s\\n' \"$d\"; "
-        f"if [ -f {marker} ]; then printf '{_MARKER_LINE}'; cat {marker}; echo; "
-        f"else if [ -f \"$l\" ]; then printf '{_PREVIOUS_LINE}'; cat \"$l\"; echo; fi; "
+        # -S: whether the interpreter starts is the question (its base install may be gone);
+        # skipping site saves a third of the start-up on every hit.
+        f"if [ -f {marker} ] && \"$d\"/bin/python -S -c '' 2>/dev/null; then "
+        f"touch {marker}; printf '{_MARKER_LINE}'; cat {marker}; echo; "
+        f"else if [ -f {marker} ]; then printf '{_BROKEN_LINE}\\n'; fi; "
+        f"if [ -f \"$l\" ]; then printf '{_PREVIOUS_LINE}'; cat \"$l\"; echo; fi; "
         f"if \"$d\"/bin/python -c '' 2>/dev/null; then p=\"$d\"/bin/python; "
-        f"else p={shlex.quote(python)}; fi; {probe}; fi"
+        f"else p={shlex.quote(python)}; fi; {probe}; fi" + (f"; {prune}" if prune else "")
     )
 
 
@@ -186,9 +229,13 @@ def previous_record_path(venv_dir: str) -> str:
     return f"{parent}/last-{name.rsplit('-', 1)[0]}.json"
 
 
-def probe_command(*, python: str, want: str, work_dir: str) -> str:
+def probe_command(
+    *, python: str, want: str, work_dir: str, uv_sha256: Sequence[str] = ()
+) -> str:
     """Probe ``python`` alone (``env="off"``, or after a damaged marker)."""
-    return _probe_invocation(shlex.quote(python), want=want, work_dir=work_dir)
+    return _probe_invocation(
+        shlex.quote(python), want=want, work_dir=work_dir, uv_sha256=uv_sha256
+    )
 
 
 def installer_command(python: str) -> str:
@@ -221,6 +268,11 @@ def parse_check(stdout: str) -> CheckOutcome | None:
         _json_object(_line(stdout, _MARKER_LINE)),
         parse_probe(stdout),
         _json_object(_line(stdout, _PREVIOUS_LINE)),
+        broken=any(line.strip() == _BROKEN_LINE for line in stdout.splitlines()),
+        pruned=tuple(
+            line[len(_PRUNED_LINE):].strip()
+            for line in stdout.splitlines() if line.startswith(_PRUNED_LINE)
+        ),
     )
 
 

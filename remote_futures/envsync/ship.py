@@ -24,7 +24,8 @@ import anyio
 from .snapshot import LocalDist
 
 __all__ = [
-    "BuildError", "build_wheel", "fingerprint", "local_uv", "pure_modules", "register_by_value",
+    "BuildError", "build_wheel", "fingerprint", "install_fingerprint", "local_uv",
+    "local_uv_digests", "pure_modules", "register_by_value",
 ]
 
 log = logging.getLogger("remote_futures.envsync")
@@ -76,6 +77,32 @@ def fingerprint(path: str) -> str:
     return digest.hexdigest()[:16]
 
 
+#: Files of an installed distribution's metadata that say what it installs: its name, version
+#: and dependencies (METADATA / PKG-INFO), commands, and importable names.
+_METADATA_FILES = ("METADATA", "PKG-INFO", "entry_points.txt", "top_level.txt")
+
+
+def install_fingerprint(dist: LocalDist | None, path: str) -> str:
+    """A digest of what a local project installs, to name the venv it is shipped into.
+
+    A project installed from a directory (editable or not) is described by its installed
+    metadata: name, version, dependencies, entry points. That changes when the project is
+    reinstalled, not when one of its files is saved: the caller's own modules travel with each
+    job anyway (as a code bundle), so an edit must not build a new venv. A wheel or archive
+    file, and a project without metadata, fall back to :func:`fingerprint` of the path.
+    """
+    if dist is None or dist.metadata_path is None or Path(path).is_file():
+        return fingerprint(path)
+    digest = hashlib.sha256(f"{dist.name}\0{dist.version}\0".encode())
+    root = Path(dist.metadata_path)
+    for name in _METADATA_FILES:
+        try:
+            digest.update(f"{name}\0".encode() + (root / name).read_bytes() + b"\0")
+        except OSError:
+            continue
+    return digest.hexdigest()[:16]
+
+
 def local_uv_executable() -> str | None:
     """This machine's uv as a real executable file that can be uploaded, or None.
 
@@ -93,6 +120,31 @@ def local_uv_executable() -> str | None:
     # ELF (Linux), Mach-O (macOS, both byte orders and fat binaries).
     binaries = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf", b"\xca\xfe\xba\xbe")
     return path if magic in binaries else None
+
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def local_uv_digests() -> list[str]:
+    """The sha256 of the uv binary this machine would upload (empty when it has none).
+
+    The remote side runs the work directory's own uv only when it has one of these digests:
+    its name is predictable, so its bytes, not its presence, are what is trusted."""
+    path = local_uv_executable()
+    if path is None:
+        return []
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _digest_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _digest_cache[key] = digest.hexdigest()
+    return [_digest_cache[key]]
 
 
 def local_uv() -> str | None:

@@ -47,7 +47,9 @@ class EnvSpec:
     mirror of an environment whose metadata is inconsistent; by default uv resolves, which also
     adds dependencies that only the remote platform needs). ``system_site_packages``: the venv
     sees the remote interpreter's own packages, and those already at the wanted version are not
-    installed again (useful with a cluster's tuned numpy or mpi4py).
+    installed again (useful with a cluster's tuned numpy or mpi4py). ``keep_envs``: how many
+    complete venvs of one Python and platform to keep in the work directory (the most recently
+    used; the one in use is never removed); None keeps every one.
     """
 
     mode: Mode = "sync"
@@ -61,8 +63,16 @@ class EnvSpec:
     offline: bool = False
     no_deps: bool = False
     system_site_packages: bool = False
+    keep_envs: int | None = 3
 
     def __post_init__(self) -> None:
+        if self.keep_envs is not None and (
+            not isinstance(self.keep_envs, int) or isinstance(self.keep_envs, bool)
+            or self.keep_envs < 1
+        ):
+            raise ConfigurationError(
+                f"env keep_envs must be a positive integer or None, not {self.keep_envs!r}"
+            )
         if self.mode not in ("sync", "off", "explicit"):
             raise ConfigurationError(
                 f"env mode must be 'sync', 'off' or 'explicit', not {self.mode!r}"
@@ -103,6 +113,7 @@ def env_spec_from_option(
     index_url: str | None = None,
     no_index: bool = False,
     offline: bool = False,
+    keep_envs: int | None = 3,
 ) -> EnvSpec:
     """Parse an executor's ``env=`` option.
 
@@ -117,7 +128,7 @@ def env_spec_from_option(
         return EnvSpec(
             mode=mode, requirements=requirements, exclude=tuple(exclude), extra=tuple(extra),
             find_links=tuple(find_links), index_url=index_url, no_index=no_index,
-            offline=offline,
+            offline=offline, keep_envs=keep_envs,
         )
 
     if value is None or value == "sync":

@@ -6,10 +6,15 @@ Round trips, on a miss and on a hit::
     miss:  check+probe ─▶ [bootstrap uv] ─▶ [upload wheels] ─▶ installer ─▶ venv python
                                                                 (lock, uv venv, ONE uv pip
                                                                  install, verify, marker)
+    no index there: ... installer fails to connect ─▶ download wheels here for its platform
+                         ─▶ upload them ─▶ installer (ONE uv pip install --no-index)
 
 The venv's directory is named by a hash of the wanted set, the Python major.minor and the remote
-platform. A venv with a marker is complete and never changed again, so jobs running in it are
-safe from a later sync; a changed set gets a new venv, which uv fills from its cache.
+platform (a local project by what it installs: its metadata, not its files, since the caller's
+own modules travel with each job). A venv with a marker is complete and never changed again, so
+jobs running in it are safe from a later sync; a changed set gets a new venv, which uv fills
+from its cache. The check also starts the venv's Python (a venv whose base interpreter went
+away is rebuilt) and removes all but ``keep_envs`` venvs, least recently used first.
 """
 
 from __future__ import annotations
@@ -19,9 +24,6 @@ import datetime
 import importlib.metadata
 import json
 import logging
-import platform
-import re
-import shlex
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,7 +33,7 @@ import anyio
 
 from ..errors import RemoteEnvironmentError
 from ..shell import CommandResult, Shell
-from . import remote, ship
+from . import bootstrap, remote, report, ship, wheelhouse
 from .plan import InstallPlan, Wanted, WantedItem, env_key, plan_install, wanted_set
 from .remote import MARKER_NAME, RemoteFacts
 from .snapshot import LocalDist, canonical_name, local_distributions
@@ -41,8 +43,7 @@ __all__ = ["SyncResult", "sync_environment"]
 
 log = logging.getLogger("remote_futures.envsync")
 
-#: Seconds a probe may take (it starts Python once or twice and lists the installed packages).
-_PROBE_TIMEOUT = 120.0
+_PROBE_TIMEOUT = bootstrap.PROBE_TIMEOUT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,8 @@ class SyncResult:
     #: (name, old, new) against the previous venv of this Python and platform (or against what
     #: the probed interpreter had); None stands for "absent".
     changed: list[tuple[str, str | None, str | None]] = dataclasses.field(default_factory=list)
+    #: Wheels downloaded here and uploaded because the remote side could not reach the index.
+    uploaded_wheels: list[str] = dataclasses.field(default_factory=list)
 
 
 class _CountingShell:
@@ -135,37 +138,51 @@ async def sync_environment(
         return await _check_only(counting, shell.label, python=python, want=want, work_dir=work_dir)
     dists = await anyio.to_thread.run_sync(_local_dists, local)
     wanted = wanted_set(spec, dists, cloudpickle_version=importlib.metadata.version("cloudpickle"))
-    fingerprints = await anyio.to_thread.run_sync(_fingerprints, wanted)
+    fingerprints = await anyio.to_thread.run_sync(_fingerprints, wanted, dists)
     key = env_key(wanted, spec=spec, python_version=want, python=python, fingerprints=fingerprints)
     for name, reason in wanted.excluded:
         log.debug("not mirrored: %s (%s)", name, reason)
 
+    uv_digests = await anyio.to_thread.run_sync(ship.local_uv_digests)
     done = await counting.run(
-        remote.check_command(work_dir=work_dir, python=python, want=want, key=key),
+        remote.check_command(
+            work_dir=work_dir, python=python, want=want, key=key, uv_sha256=uv_digests,
+            keep=spec.keep_envs,
+        ),
         timeout=_PROBE_TIMEOUT,
     )
     check = remote.parse_check(done.stdout)
     if check is None:
-        raise _probe_failed(shell.label, python, done)
+        raise report.probe_failed(shell.label, python, done)
     venv_dir = check.venv_dir
+    for old in check.pruned:
+        log.info("%s: removed the old environment %s (keep_envs=%s)", shell.label, old,
+                 spec.keep_envs)
     if check.marker is not None and check.marker.get("key") == key:
         return _from_marker(check.marker, venv_dir, wanted, counting.count, shell.label)
+    if check.broken:
+        log.warning("%s: the environment %s no longer runs (was its base Python removed?); "
+                    "rebuilding it", shell.label, venv_dir)
     facts = check.facts
     if facts is None:  # a damaged marker: probe the base interpreter on its own
         done = await counting.run(
-            remote.probe_command(python=python, want=want, work_dir=work_dir),
+            remote.probe_command(
+                python=python, want=want, work_dir=work_dir, uv_sha256=uv_digests
+            ),
             timeout=_PROBE_TIMEOUT,
         )
         facts = remote.parse_probe(done.stdout)
         if facts is None:
-            raise _probe_failed(shell.label, python, done)
+            raise report.probe_failed(shell.label, python, done)
     log.info(
         "%s: environment %s not there yet; remote Python %s at %s",
         shell.label, key, ".".join(map(str, facts.version)), facts.executable,
     )
 
-    uv = facts.uv or await _bootstrap_uv(counting, facts, work_dir, python, spec, shell.label)
-    base = await _base_interpreter(counting, facts, uv, want, spec, shell.label)
+    uv = facts.uv or await bootstrap.bootstrap_uv(
+        counting, facts, work_dir, python, spec, shell.label
+    )
+    base = await bootstrap.base_interpreter(counting, facts, uv, want, spec, shell.label)
     requires = await anyio.to_thread.run_sync(_requires, dists, wanted) if local is None else {}
     # The probe ran in the target venv itself only when resuming an interrupted sync; a
     # `python` that merely is some venv of the user's is not where we install.
@@ -177,7 +194,7 @@ async def sync_environment(
         requires=requires,
         remote_is_target=in_target,
     )
-    _log_plan(plan, shell.label)
+    report.log_plan(plan, shell.label)
     install, shipped, by_value, skipped = await _ship(counting, plan, dists, venv_dir, spec)
 
     lines = [item.requirement for item in install if item.origin != "option"]
@@ -212,19 +229,36 @@ async def sync_environment(
         "heartbeat": max(1.0, min(10.0, stale_lock_after / 4)),
     }
     outcome = await _install(counting, facts.executable, config, shell.label)
+    uploaded: list[str] = []
+    if (
+        outcome["status"] == "error" and outcome.get("stage") == "install"
+        and not spec.offline and wheelhouse.network_failure(str(outcome.get("detail", "")))
+    ):
+        # An air-gapped login node: resolve and download the wheels here, for its platform.
+        log.warning("%s: the remote side cannot reach the package index; downloading the "
+                    "wheels here and uploading them", shell.label)
+        uploaded = await _upload_wheelhouse(counting, install, facts, spec, venv_dir,
+                                            shell.label)
+        config = dict(
+            config,
+            requirements="".join(f"{line}\n" for line in wheelhouse.offline_requirements(install)),
+            uv_options=[*_without_indexes(spec.uv_options()), "--no-index", "--find-links",
+                        f"{venv_dir}-wheels"],
+        )
+        outcome = await _install(counting, facts.executable, config, shell.label)
     if outcome["status"] == "error":
-        error = _install_error(outcome, config, install, shell.label)
+        error = report.install_error(outcome, config, install, shell.label)
         if outcome.get("stage") == "venv" and base == want:
             # We asked uv for a matching interpreter, and it could not provide one.
-            error = _version_error(
+            error = report.version_error(
                 shell.label, facts, want, f"uv could not provide Python {want} either: {error}"
             )
         raise error
     installed = lines if outcome["status"] == "installed" else []
     changed: list[tuple[str, str | None, str | None]] = (
-        _changes(check.previous, marker_data) if check.previous else list(plan.changes)
+        report.changes(check.previous, marker_data) if check.previous else list(plan.changes)
     )
-    _log_outcome(shell.label, outcome, venv_dir, installed, changed)
+    report.log_outcome(shell.label, outcome, venv_dir, installed, changed)
     return SyncResult(
         python=f"{venv_dir}/bin/python",
         venv_dir=venv_dir,
@@ -235,48 +269,13 @@ async def sync_environment(
         excluded=list(wanted.excluded),
         by_value=by_value,
         changed=changed,
+        uploaded_wheels=uploaded,
     )
 
 
-def _log_outcome(
-    label: str, outcome: Mapping[str, Any], venv_dir: str, installed: Sequence[str],
-    changed: Sequence[tuple[str, str | None, str | None]],
-) -> None:
-    for name, old, new in changed:
-        log.info("%s: %s: %s -> %s", label, name, old or "(none)", new or "(none)")
-    if outcome["status"] == "present":
-        log.info("%s: %s was completed by another client meanwhile", label, venv_dir)
-    elif installed:
-        log.info("%s: installed %d distributions into %s: %s", label, len(installed), venv_dir,
-                 ", ".join(installed))
-
-
-def _changes(
-    previous: Mapping[str, Any], current: Mapping[str, Any]
-) -> list[tuple[str, str | None, str | None]]:
-    """What differs between two venv records, by distribution name."""
-    def by_name(record: Mapping[str, Any]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        builds = record.get("fingerprints", {})
-        for line in record.get("installed", []):
-            name, sep, version = str(line).partition("==")
-            if sep:
-                found[canonical_name(name)] = version.lstrip("=")
-            else:  # a direct reference: a shipped wheel (named by its source) or a URL
-                name = canonical_name(str(line).split("@")[0].strip())
-                found[name] = f"local build {builds[name]}" if name in builds else str(line)
-        return found
-
-    old, new = by_name(previous), by_name(current)
-    return [
-        (name, old.get(name), new.get(name))
-        for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)
-    ]
-
-
-def _fingerprints(wanted: Wanted) -> dict[str, str]:
+def _fingerprints(wanted: Wanted, dists: Mapping[str, LocalDist]) -> dict[str, str]:
     return {
-        item.name: ship.fingerprint(item.source.path)
+        item.name: ship.install_fingerprint(dists.get(item.name), item.source.path)
         for item in wanted.to_ship if item.source.path
     }
 
@@ -317,9 +316,9 @@ async def _check_only(
     )
     facts = remote.parse_probe(done.stdout)
     if facts is None:
-        raise _probe_failed(label, python, done)
+        raise report.probe_failed(label, python, done)
     if facts.major_minor != want:
-        raise _version_error(label, facts, want, "env='off' uses the remote python as it is")
+        raise report.version_error(label, facts, want, "env='off' uses the remote python as it is")
     if "cloudpickle" not in facts.packages:
         raise RemoteEnvironmentError(
             f"{label}: the remote {python} ({facts.executable}) has no cloudpickle, which the "
@@ -327,92 +326,6 @@ async def _check_only(
         )
     return SyncResult(python=python, venv_dir=None, installed=[], skipped=[], shipped=[],
                       round_trips=shell.count)
-
-
-def _probe_failed(label: str, python: str, done: CommandResult) -> RemoteEnvironmentError:
-    return RemoteEnvironmentError(
-        f"{label}: cannot run the remote python {python!r} (exit {done.returncode}): "
-        f"{(done.stderr.strip() or done.stdout.strip())[-2000:]}"
-    )
-
-
-def _version_error(label: str, facts: RemoteFacts, want: str, hint: str) -> RemoteEnvironmentError:
-    local = ".".join(map(str, sys.version_info[:3]))
-    remote_version = ".".join(map(str, facts.version))
-    notes = "".join(f"\n  {note}" for note in facts.notes)
-    return RemoteEnvironmentError(
-        f"{label}: the remote Python is {remote_version} ({facts.executable}) but this one is "
-        f"{local}; cloudpickle needs the same major.minor ({want}). {hint}.{notes}"
-    )
-
-
-def _same_machine(facts: RemoteFacts) -> bool:
-    aliases = {"amd64": "x86_64", "arm64": "aarch64"}
-    here = aliases.get(platform.machine().lower(), platform.machine().lower())
-    there = aliases.get(facts.machine.lower(), facts.machine.lower())
-    return (
-        platform.system() == facts.system and here == there
-        and platform.libc_ver()[0] == facts.libc[0]
-    )
-
-
-async def _bootstrap_uv(
-    shell: _CountingShell, facts: RemoteFacts, work_dir: str, python: str, spec: EnvSpec,
-    label: str,
-) -> tuple[str, ...]:
-    """Put a uv on the remote side: our own binary when the platforms match, else pip's."""
-    local_uv = ship.local_uv_executable()
-    if local_uv and _same_machine(facts):
-        target = remote.absolute_work_dir(work_dir, facts.home) + "/bin/uv"
-        data = await anyio.Path(local_uv).read_bytes()
-        await shell.makedirs(target.rsplit("/", 1)[0])
-        await shell.write_file(target, data, mode=0o755)
-        log.info("%s: no uv there; uploaded this machine's uv (%d MB) to %s",
-                 label, len(data) >> 20, target)
-        return (target,)
-    if not spec.offline:
-        done = await shell.run(
-            f"{shlex.quote(facts.executable)} -m pip install --user --quiet uv", timeout=600
-        )
-        if done.ok:
-            log.info("%s: no uv there; installed it with pip install --user uv", label)
-            return (facts.executable, "-m", "uv")
-        why = (done.stderr.strip() or done.stdout.strip())[-1000:]
-    else:
-        why = "offline, and this machine's uv is for another platform"
-    raise RemoteEnvironmentError(
-        f"{label}: uv is needed on the remote side and could not be set up ({why}). Install it "
-        f"there (`curl -LsSf https://astral.sh/uv/install.sh | sh`, or `{python} -m pip install "
-        f"--user uv`) and try again, or use env='off' with a ready interpreter."
-    )
-
-
-async def _base_interpreter(
-    shell: _CountingShell, facts: RemoteFacts, uv: Sequence[str], want: str, spec: EnvSpec,
-    label: str,
-) -> str:
-    """The interpreter to create the venv from: the probed one, or a matching one uv finds."""
-    if facts.major_minor == want:
-        return facts.base_executable
-    found = facts.matching_python
-    if found is None and facts.uv is None:  # uv was just bootstrapped: ask it now
-        done = await shell.run(
-            shlex.join([*uv, "python", "find", want]), timeout=_PROBE_TIMEOUT
-        )
-        found = done.stdout.strip().splitlines()[-1] if done.ok and done.stdout.strip() else None
-    if found:
-        log.info("%s: remote Python is %s; using uv's Python %s at %s",
-                 label, facts.major_minor, want, found)
-        return found
-    if not spec.offline:
-        log.info("%s: remote Python is %s; asking uv to provide Python %s",
-                 label, facts.major_minor, want)
-        return want  # `uv venv --python 3.11` downloads one if it may; checked after creation
-    raise _version_error(
-        label, facts, want,
-        f"uv found no Python {want} there: install one, pass python= pointing to it, "
-        "or allow uv to download one (offline=False)",
-    )
 
 
 async def _ship(
@@ -462,6 +375,44 @@ async def _ship(
     return install, shipped, by_value, skipped
 
 
+async def _upload_wheelhouse(
+    shell: _CountingShell, install: Sequence[WantedItem], facts: RemoteFacts, spec: EnvSpec,
+    venv_dir: str, label: str,
+) -> list[str]:
+    """Download the wheels of ``install`` for the remote platform; upload them beside the
+    venv (where shipped wheels go). Returns the uploaded file names."""
+    wheels = await wheelhouse.download_wheels(install, facts, spec, label)
+    if not wheels:
+        return []
+    size = 0
+    try:
+        target = f"{venv_dir}-wheels"
+        await shell.makedirs(target)
+        for wheel in wheels:
+            data = await anyio.Path(wheel).read_bytes()
+            size += len(data)
+            await shell.write_file(f"{target}/{wheel.name}", data)
+    finally:
+        shutil.rmtree(wheels[0].parent, ignore_errors=True)
+    log.info("%s: uploaded %d wheels (%d MB) for an index it cannot reach", label, len(wheels),
+             size >> 20)
+    return [wheel.name for wheel in wheels]
+
+
+def _without_indexes(options: Sequence[str]) -> list[str]:
+    """uv options without the index ones (each of which takes a value)."""
+    kept: list[str] = []
+    skip = False
+    for option in options:
+        if skip:
+            skip = False
+        elif option in ("--index-url", "--extra-index-url", "--find-links"):
+            skip = True
+        elif option != "--no-index":
+            kept.append(option)
+    return kept
+
+
 async def _install(
     shell: _CountingShell, python: str, config: dict[str, Any], label: str
 ) -> dict[str, Any]:
@@ -483,35 +434,3 @@ async def _install(
         log.debug("uv: %s", line)
     return outcome
 
-
-def _install_error(
-    outcome: Mapping[str, Any], config: Mapping[str, Any], install: Sequence[WantedItem],
-    label: str,
-) -> RemoteEnvironmentError:
-    """The error for a failed installer run: what failed, which packages, and uv's words."""
-    detail = str(outcome.get("detail", "")).strip()
-    message = f"{label}: {outcome.get('message')} for {config['venv']}"
-    if outcome.get("stage") == "install":
-        packages = [item for item in install if item.origin != "option"]
-        failing = _named_in(detail, packages)
-        message += (
-            f"; failing: {', '.join(failing)}" if failing
-            else f"; uv named none of the {len(packages)} requirements"
-        )
-    return RemoteEnvironmentError(f"{message}\n--- uv says ---\n{detail[-4000:]}".rstrip())
-
-
-def _named_in(text: str, items: Sequence[WantedItem]) -> list[str]:
-    """The requirements whose distribution name appears in uv's message."""
-    lowered = canonical_name(text)
-    return [
-        item.requirement for item in items
-        if item.name and re.search(rf"(?<![a-z0-9-]){re.escape(item.name)}(?![a-z0-9-])", lowered)
-    ]
-
-
-def _log_plan(plan: InstallPlan, label: str) -> None:
-    for name, reason in plan.skipped:
-        log.warning("%s: not installed remotely: %s: %s", label, name, reason)
-    if plan.satisfied:
-        log.debug("%s: already there: %s", label, ", ".join(plan.satisfied))

@@ -23,10 +23,12 @@ from .. import worker
 from ..envsync import EnvSpec, SyncResult, env_spec_from_option, sync_environment
 from ..errors import ConfigurationError, TransportError
 from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
-from ..shell import LocalShell, Shell
+from ..shell import CommandResult, LocalShell, Shell
 from .base import Transport
 
-__all__ = ["Listing", "RemoteOptions", "RemoteTransport"]
+__all__ = [
+    "Listing", "RemoteOptions", "RemoteTransport", "check_work_dir", "work_dir_check_command",
+]
 
 log = logging.getLogger("remote_futures")
 
@@ -111,6 +113,84 @@ class Listing:
     started: dict[str, set[int]] = dataclasses.field(default_factory=dict)
 
 
+#: Directories under the work directory whose contents are run or unpickled: each must be the
+#: user's own and writable by nobody else, like the work directory itself.
+_TRUSTED_SUBDIRS = ("jobs", "envs", "bin", worker.CODE_DIR)
+_UID_LINE = "@@rf-uid "
+_DIR_LINE = "@@rf-dir "
+
+
+def work_dir_check_command(work_dir: str) -> str:
+    """Create ``work_dir`` if missing (every level created 0700), and its ``jobs`` directory
+    (0700) only if ``work_dir`` is the user's and nobody else may write to it; then describe
+    it and the directories in it that hold trusted files: the user id, ``ls -ldnL`` of each.
+    :func:`check_work_dir` judges the description."""
+    quoted = shlex.quote(work_dir)
+    jobs = shlex.quote(posixpath.join(work_dir, "jobs"))
+    names = " ".join(shlex.quote(name) for name in (".", *_TRUSTED_SUBDIRS))
+    return (
+        f"umask 077 && mkdir -p {quoted} && "
+        f"if [ -O {quoted} ] && [ -z \"$(find {quoted} -prune \\( -perm -020 -o -perm -002 "
+        f"\\) 2>&1)\" ]; then mkdir -p {jobs} && chmod 700 {jobs}; fi; "
+        f"printf '{_UID_LINE}%s\\n' \"$(id -u)\"; "
+        f"for n in {names}; do d={quoted}/\"$n\"; if [ -e \"$d\" ] || [ -L \"$d\" ]; then "
+        f"printf '{_DIR_LINE}%s ' \"$n\"; ls -ldnL -- \"$d\" 2>&1 || echo '?'; fi; done"
+    )
+
+
+def check_work_dir(
+    text: str, work_dir: str, label: str, result: CommandResult | None = None
+) -> None:
+    """Raise :class:`ConfigurationError` unless :func:`work_dir_check_command`'s output shows
+    ``work_dir`` (and each trusted directory in it) owned by the user and not writable by the
+    group or others.
+
+    Anyone who can write there could plant a worker or a venv that jobs run, or results that
+    this process unpickles: a work directory in shared scratch that someone else created
+    first, or one left group-writable by a umask, is refused rather than trusted."""
+    uid: str | None = None
+    seen: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith(_UID_LINE):
+            uid = line[len(_UID_LINE):].strip()
+        elif line.startswith(_DIR_LINE):
+            name, _, listing = line[len(_DIR_LINE):].partition(" ")
+            seen[name] = listing.split()
+    if uid is None or "." not in seen:
+        said = (result.stderr.strip() or result.stdout.strip()) if result else text.strip()
+        raise ConfigurationError(f"cannot create or inspect the work directory {work_dir} on "
+                                 f"{label}: {said[-1000:]}")
+    for name, fields in seen.items():
+        path = work_dir if name == "." else posixpath.join(work_dir, name)
+        if len(fields) < 4 or len(fields[0]) < 10:
+            raise ConfigurationError(f"cannot inspect {path} on {label}: {' '.join(fields)}")
+        mode, owner = fields[0], fields[2]
+        problem = ""
+        if mode[0] != "d":
+            problem = "is not a directory"
+        elif owner != uid:
+            problem = f"belongs to user id {owner}, not to this user (id {uid})"
+        elif mode[5] == "w" or mode[8] == "w":
+            who = " and ".join(w for w, c in (("its group", mode[5]), ("everyone", mode[8]))
+                               if c == "w")
+            problem = f"is writable by {who} (mode {mode[:10]})"
+        if problem:
+            fix = (
+                f", or, if the directory is yours and holds nothing foreign, run "
+                f"`chmod go-w {shlex.quote(path)}` there" if owner == uid and mode[0] == "d"
+                else ""
+            )
+            raise ConfigurationError(
+                f"refusing to use the work directory {work_dir} on {label}: {path} {problem}. "
+                "Whoever can write there could plant code that jobs run or results this "
+                "process unpickles. Pick a work_dir of your own (the default is "
+                f"~/.remote_futures){fix}."
+            )
+    if "jobs" not in seen:
+        raise ConfigurationError(f"could not create {posixpath.join(work_dir, 'jobs')} on "
+                                 f"{label}")
+
+
 def exit_status(code: int) -> TaskStatus:
     """The state a task's recorded exit code means. A shell reports death by signal N as
     128+N (the job script records ``$?``), so such codes also carry the signal."""
@@ -141,15 +221,21 @@ class RemoteTransport(Transport):
         return f"{self.name} on {self.shell.label}"
 
     async def open(self) -> None:
-        """Connect, create the work directory, prune old job directories."""
+        """Connect, create the work directory (0700) and check that only we can write to it,
+        create the jobs directory, prune old job directories."""
         await self.shell.open()
         home = await self.shell.home()
         work = self.options.work_dir or "~/.remote_futures"
         if work == "~" or work.startswith("~/"):
             work = posixpath.join(home, work[2:])
-        self.work_dir = work
-        jobs = self.jobs_dir
-        await self.shell.makedirs(jobs)
+        elif not work.startswith("/"):
+            # Relative to the home directory, where every command starts; made absolute so
+            # that a job script that changed directory still finds its files.
+            work = posixpath.join(home, work)
+        self.work_dir = work.rstrip("/") or "/"
+        checked = await self.shell.run(work_dir_check_command(self.work_dir))
+        check_work_dir(checked.stdout, self.work_dir, self.shell.label, checked)
+        jobs = self.jobs_dir  # created by the check, once the work directory passed it
         minutes = int(self.options.keep_days * 24 * 60)
         # Directories of jobs whose client went away; bounded by age, never by name guessing.
         prune = (
@@ -173,8 +259,14 @@ class RemoteTransport(Transport):
         source = Path(worker.__file__).read_bytes()
         digest = hashlib.sha256(source).hexdigest()[:16]
         self.worker_path = posixpath.join(self.work_dir, f"worker-{digest}.py")
-        check = await self.shell.run(f"test -f {shlex.quote(self.worker_path)}")
-        if not check.ok:
+        # The file's name is predictable: its content is what is trusted, byte for byte (it is
+        # small, so reading it back costs what `test -f` did: one round trip).
+        found = await self.shell.read_files([self.worker_path])
+        present = found.get(self.worker_path)
+        if present != source:
+            if present is not None:
+                log.warning("%s: %s did not hold this version's worker; replaced it",
+                            self.describe, self.worker_path)
             await self.shell.write_file(self.worker_path, source, mode=0o600)
         result = await sync_environment(
             self.shell, python=self.options.python, work_dir=self.work_dir, spec=self.options.env

@@ -2,8 +2,9 @@
 
 The server listens on 127.0.0.1 with an ephemeral port, has its own host key (listed in a
 known_hosts file written for the test), accepts exactly one client key, runs each command with
-``/bin/sh -c`` on this machine and serves SFTP on the local filesystem. Tests keep a handle on
-the server side of every connection so they can drop it, and can stop the listener entirely.
+the account's login shell (``/bin/sh -c`` unless a test sets ``login_shell``) on this machine
+and serves SFTP on the local filesystem. Tests keep a handle on the server side of every
+connection so they can drop it, and can stop the listener entirely.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class InProcessSSHServer:
     peak_processes: int = 0
     #: Server-side command handler tasks still running.
     handlers: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
+    #: The account's login shell: sshd runs every command as ``<login shell> -c <command>``.
+    login_shell: str = "/bin/sh"
+    #: Every command line the login shell was given, in order.
+    received: list[str] = dataclasses.field(default_factory=list)
 
     def shell(self, **options: Any) -> SSHShell:
         """An SSHShell for this server: strict host keys, the accepted key, fast back-off."""
@@ -114,15 +119,17 @@ def _make_server_class(state: InProcessSSHServer) -> type[Any]:
 
 
 def _make_process_handler(state: InProcessSSHServer) -> Any:
-    """Run the client's command with /bin/sh -c, piping stdin/stdout/stderr both ways."""
+    """Run the client's command with the login shell's ``-c`` (as sshd does), piping
+    stdin/stdout/stderr both ways."""
 
     async def handle(process: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
         state.handlers.add(task)
         task.add_done_callback(state.handlers.discard)
+        state.received.append(process.command or "")
         local = await asyncio.create_subprocess_exec(
-            "/bin/sh",
+            state.login_shell,
             "-c",
             process.command or "",
             stdin=asyncio.subprocess.PIPE,

@@ -28,6 +28,8 @@ APT_PACKAGES=(
     libslurm-perl libslurmdb-perl libswitch-perl perl
     gridengine-master gridengine-exec gridengine-client gridengine-common
     procps iproute2 hostname python3 python3-venv
+    # a csh-family login shell, for the tests that run commands through one
+    tcsh
 )
 # real accounting (sacct for all users): slurmdbd + MariaDB; RF_WITH_SLURMDBD=0 skips
 if [ "${RF_WITH_SLURMDBD:-1}" = 1 ]; then

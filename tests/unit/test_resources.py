@@ -125,3 +125,61 @@ def test_resources_are_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         resources.cpus = 2  # type: ignore[misc]
     assert hash(resources) == hash(Resources(cpus=1))
+
+
+_INJECTIONS = ["short\n#SBATCH --uid=0", "short\rx", "a\x00b", "a\x1bb", "a\x7fb", "a\u2028b"]
+
+
+@pytest.mark.parametrize("value", _INJECTIONS)
+@pytest.mark.parametrize("field", ["partition", "account", "memory", "walltime"])
+def test_control_characters_in_a_value_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"Resources\.{field} .*control character"):
+        Resources(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", _INJECTIONS)
+@pytest.mark.parametrize("field", ["job_extra_directives", "job_script_prologue"])
+def test_control_characters_in_a_line_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"Resources\.{field}\[1\] .*control character"):
+        Resources(**{field: ["--fine", value]})  # type: ignore[arg-type]
+
+
+def test_trailing_newline_of_a_size_or_walltime_is_refused() -> None:
+    # The size and walltime patterns end in `$`, which also matches before a final newline:
+    # "8G\n" used to pass their validation and reach the job script.
+    for field, value in [("memory", "8G\n"), ("walltime", "01:00:00\n")]:
+        with pytest.raises(ConfigurationError, match="control character"):
+            Resources(**{field: value})  # type: ignore[arg-type]
+
+
+def test_control_characters_are_refused_from_a_mapping_and_the_queue_alias() -> None:
+    with pytest.raises(ConfigurationError, match="partition"):
+        Resources.from_mapping({"queue": "all.q\n#$ -u root"})
+
+
+def test_tab_and_unicode_text_stay_allowed() -> None:
+    resources = Resources(partition="gpu-ä", job_script_prologue=["export A=\t1"])
+    assert resources.partition == "gpu-ä"
+
+
+def test_a_value_of_another_type_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="partition must be a string"):
+        Resources(partition=["a", "b"])  # type: ignore[arg-type]
+
+
+def test_executor_refuses_an_injected_resource_before_submitting() -> None:
+    from remote_futures import RemoteExecutor
+
+    with (
+        RemoteExecutor("local") as ex,
+        pytest.raises(ConfigurationError, match="control character"),
+    ):
+        ex.with_resources(partition="short\n#SBATCH --wrap=evil")
+
+
+def test_a_batch_executor_refuses_an_injected_default_at_construction() -> None:
+    from remote_futures import RemoteExecutor
+
+    # Refused while options are read: no shell is opened, nothing reaches sbatch.
+    with pytest.raises(ConfigurationError, match=r"Resources\.account .*control character"):
+        RemoteExecutor("slurm", resources={"account": "lab\n#SBATCH --qos=top"})
