@@ -4,10 +4,12 @@ It speaks the same job-directory protocol a remote host does (payload files in a
 directory, the worker executed as a file, outcomes written atomically), so it is both what
 ``RemoteExecutor()`` runs with no configuration and the test double of every other transport.
 
-Each job gets up to ``max_workers`` worker processes in total across all jobs ("slots"). A
-process runs the job's array tasks one after another, fed their indices on stdin, and reports
-progress on a private pipe; a process that dies takes only its current task with it: the rest
-of the job continues in a fresh process.
+A job runs in as many worker processes ("lanes") as the core granted it slots
+(``JobSpec.max_concurrent``: the core owns ``max_workers`` across all jobs). A process runs the
+job's array tasks one after another, fed their indices on stdin, and reports progress on a
+private pipe; a process that dies takes only its current task with it: the rest of the job
+continues in a fresh process. ``poll`` reports what changed since the previous poll, so a poll
+cycle costs what happened, not the size of the job.
 """
 
 from __future__ import annotations
@@ -57,13 +59,21 @@ class _LocalJob:
     handle: JobHandle
     queue: collections.deque[int]
     states: dict[int, TaskStatus]
-    ready: set[int] = dataclasses.field(default_factory=set)
+    #: Outcomes written since the last poll.
+    ready: list[int] = dataclasses.field(default_factory=list)
+    #: Tasks whose state changed since the last poll.
+    dirty: set[int] = dataclasses.field(default_factory=set)
+    lanes: int = 0
     tails: dict[int, str] = dataclasses.field(default_factory=dict)
     #: task index -> the process running it, for cancellation.
     running: dict[int, anyio.abc.Process] = dataclasses.field(default_factory=dict)
     cancelled: set[int] = dataclasses.field(default_factory=set)
     #: Tasks a worker reported starting (``running`` also holds tasks only sent ahead).
     started: set[int] = dataclasses.field(default_factory=set)
+
+    def set_state(self, index: int, status: TaskStatus) -> None:
+        self.states[index] = status
+        self.dirty.add(index)
 
 
 class LocalTransport(Transport):
@@ -74,6 +84,8 @@ class LocalTransport(Transport):
     poll_interval = (0.5, 0.5)  # progress arrives by events; polling is only a safety net
     coalesce_window = 0.01  # a new job costs a process start (~0.1-0.2 s)
     max_tasks_per_job = 1_000_000
+    #: A job runs in as many worker processes as it was granted slots.
+    supports_throttle = True
 
     def __init__(self, options: LocalOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
@@ -81,7 +93,6 @@ class LocalTransport(Transport):
         self._owns_root = False
         self._jobs: dict[JobHandle, _LocalJob] = {}
         self._changed = anyio.Event()
-        self._slots = anyio.CapacityLimiter(max_workers)
         self._count = 0
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -124,7 +135,7 @@ class LocalTransport(Transport):
                 await anyio.to_thread.run_sync(shutil.rmtree, self._root, True)
 
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Write the job directory and start worker processes as slots free up."""
+        """Write the job directory and start one worker process per granted slot."""
         assert self._task_group is not None, "transport not open"
         self._count += 1
         job_dir = os.path.join(self._root, job.name)
@@ -136,18 +147,37 @@ class LocalTransport(Transport):
             states={task.index: TaskStatus(TaskState.PENDING) for task in job.tasks},
         )
         self._jobs[handle] = state
-        lanes = min(len(job.tasks), self.max_workers, job.max_concurrent or len(job.tasks))
-        for _ in range(lanes):
-            self._task_group.start_soon(self._lane, state)
+        self._add_lanes(state, job.max_concurrent or len(job.tasks))
         return handle
 
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Start more worker processes for the job (up to ``max_concurrent`` in all)."""
+        state = self._jobs.get(job)
+        if state is None:
+            return False
+        self._add_lanes(state, max_concurrent)
+        return True
+
+    def _add_lanes(self, state: _LocalJob, wanted: int) -> None:
+        assert self._task_group is not None, "transport not open"
+        while state.lanes < min(wanted, len(state.states)):
+            state.lanes += 1
+            self._task_group.start_soon(self._lane, state)
+
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """The in-memory view kept up to date by the worker processes' progress reports."""
-        return {
-            handle: JobStatus(dict(state.states), frozenset(state.ready))
-            for handle in jobs
-            if (state := self._jobs.get(handle)) is not None
-        }
+        """What changed since the previous poll (kept up to date by the worker processes'
+        progress reports): the tasks whose state changed, the outcomes newly written."""
+        statuses = {}
+        for handle in jobs:
+            state = self._jobs.get(handle)
+            if state is None:
+                continue
+            statuses[handle] = JobStatus(
+                {index: state.states[index] for index in state.dirty}, frozenset(state.ready)
+            )
+            state.dirty = set()
+            state.ready = []
+        return statuses
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]
@@ -173,14 +203,25 @@ class LocalTransport(Transport):
         state = self._jobs.get(job)
         if state is None:
             return
-        targets = set(state.states) if tasks is None else set(tasks)
+        queued: set[int] = set()
+        if tasks is None:
+            # The whole job: the queue goes in one step (a job may hold 100k queued tasks).
+            for index in state.queue:
+                state.cancelled.add(index)
+                state.set_state(index, TaskStatus(TaskState.CANCELLED))
+            state.queue.clear()
+            targets = set(state.running)
+        else:
+            targets = set(tasks)
+            queued = targets & set(state.queue)
+            if queued:
+                state.queue = collections.deque(i for i in state.queue if i not in queued)
         for index in targets:
             if state.states[index].state.terminal:
                 continue
             state.cancelled.add(index)
-            if index in state.queue:
-                state.queue.remove(index)
-                state.states[index] = TaskStatus(TaskState.CANCELLED)
+            if index in queued:
+                state.set_state(index, TaskStatus(TaskState.CANCELLED))
             elif index in state.started:
                 _kill(state.running[index])
             elif index in state.running:
@@ -216,10 +257,12 @@ class LocalTransport(Transport):
         self._changed.set()
 
     async def _lane(self, job: _LocalJob) -> None:
-        """Hold one slot and run the job's queued tasks in worker processes until none are left."""
-        async with self._slots:
+        """Run the job's queued tasks in worker processes, one at a time, until none are left."""
+        try:
             while job.queue:
                 await self._run_process(job)
+        finally:
+            job.lanes -= 1
 
     async def _run_process(self, job: _LocalJob) -> None:
         read_fd, write_fd = os.pipe()
@@ -234,7 +277,7 @@ class LocalTransport(Transport):
             os.close(read_fd)
             os.close(write_fd)
             for index in list(job.queue):
-                job.states[index] = TaskStatus(TaskState.FAILED, f"could not start: {exc}")
+                job.set_state(index, TaskStatus(TaskState.FAILED, f"could not start: {exc}"))
                 job.tails[index] = f"cannot start {self.options.python}: {exc}"
             job.queue.clear()
             self._signal()
@@ -269,7 +312,7 @@ class LocalTransport(Transport):
                 status = TaskStatus(TaskState.FAILED, signal=-code)
             else:
                 status = TaskStatus(TaskState.FAILED, exit_code=code)
-            job.states[current] = status
+            job.set_state(current, status)
             job.tails[current] = tail.decode(errors="replace")
             self._signal()
 
@@ -299,9 +342,9 @@ class LocalTransport(Transport):
                 if kind == "S":
                     current = int(rest)
                     job.started.add(current)
-                    job.states[current] = TaskStatus(TaskState.RUNNING)
+                    job.set_state(current, TaskStatus(TaskState.RUNNING))
                 elif kind == "C":
-                    job.ready.add(int(rest))
+                    job.ready.append(int(rest))
                 elif kind == "T":
                     index_text, _, code_text = rest.partition(" ")
                     index, code = int(index_text), int(code_text or 0)
@@ -310,12 +353,12 @@ class LocalTransport(Transport):
                         sent.remove(index)
                     current = None
                     if index in job.cancelled:
-                        job.states[index] = TaskStatus(TaskState.CANCELLED)
+                        job.set_state(index, TaskStatus(TaskState.CANCELLED))
                     else:
-                        job.states[index] = TaskStatus(
+                        job.set_state(index, TaskStatus(
                             TaskState.COMPLETED if code == 0 else TaskState.FAILED,
                             exit_code=code,
-                        )
+                        ))
                     if code:
                         self._signal()
                         return None  # the worker exits after a task it could not run
