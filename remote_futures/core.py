@@ -71,7 +71,7 @@ _MAX_POLL_FAILURES = 5
 _FIRST_POLL = 0.1
 #: At shutdown, submissions in flight get this long to return (so that a job the scheduler
 #: accepted is known and can be cancelled), queued cancellations and clean-ups this long.
-_SUBMIT_GRACE = 10.0
+_SUBMIT_GRACE = 3.0
 _CANCEL_GRACE = 60.0
 _RELEASE_GRACE = 30.0
 

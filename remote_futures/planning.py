@@ -42,14 +42,19 @@ class Request:
 
 def plan_jobs(requests: Iterable[Request], max_tasks_per_job: int) -> list[Job]:
     """Group ``requests`` into jobs, dropping calls already cancelled (they never go out)."""
+    # In order of arrival (admission is first come, first served); a group of coalesced
+    # submits takes the place of its first one.
     planned: list[tuple[list[list[Call]], Resources, CodeBundle | None]] = []
     singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
     for request in requests:
         if request.coalesce:
-            singles.setdefault((request.resources, request.code), []).extend(request.tasks)
+            key = (request.resources, request.code)
+            if key not in singles:
+                singles[key] = []
+                planned.append((singles[key], request.resources, request.code))
+            singles[key].extend(request.tasks)
         else:
             planned.append((request.tasks, request.resources, request.code))
-    planned.extend((tasks, key[0], key[1]) for key, tasks in singles.items())
     limit = max(1, max_tasks_per_job)
     jobs: list[Job] = []
     for task_calls, resources, code in planned:

@@ -60,7 +60,7 @@ class Transport(abc.ABC):
     #: throttle): then the core may grant a job fewer slots than tasks (``JobSpec.max_concurrent``)
     #: and the transport must never run more of its tasks at once. Without it, the core submits
     #: only jobs all of whose tasks it can grant a slot, splitting larger ones.
-    supports_throttle: ClassVar[bool] = False
+    supports_throttle: bool = False
 
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options
