@@ -77,13 +77,23 @@ class CallPickler:
             self._fn = _PickledFunction(bytes(cloudpickle.dumps(fn)))
         except Exception as exc:
             raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
+        self._buffer = io.BytesIO()
+        self._pickler = cloudpickle.Pickler(self._buffer, protocol=cloudpickle.DEFAULT_PROTOCOL)
 
     def dumps(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
         """One call of the function, as the worker unpickles it: ``(fn, args, kwargs)``."""
+        # One pickler for all the calls (its memo cleared each time): building a cloudpickle
+        # Pickler costs more than pickling a small call. Not thread-safe, as a CallPickler
+        # serves one submit or one map.
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._pickler.clear_memo()
         try:
-            return bytes(cloudpickle.dumps((self._fn, tuple(args), dict(kwargs))))
+            self._pickler.dump((self._fn, tuple(args), dict(kwargs)))
         except Exception as exc:
             raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
+        return buffer.getvalue()
 
 
 def dumps_initializer(
