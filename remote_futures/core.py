@@ -188,17 +188,16 @@ class Engine:
     def cancel_pending(self) -> None:
         """Cancel every future that is not running yet (``shutdown(cancel_futures=True)``).
         Runs on the loop thread, so each cancellation is booked directly, not scheduled."""
-        for request in list(self._queue):
-            for task in request.tasks:
-                for call in task:
-                    _cancel(call)
-        for job in list(self._planned):
-            for planned in job.tasks:
-                for call in planned.calls:
-                    _cancel(call)
+        calls = [call for request in self._queue for task in request.tasks for call in task]
+        calls += [call for job in self._planned for task in job.tasks for call in task.calls]
         for job in [*self._submitting, *self._active.values()]:
-            for call in job.open_calls():
-                _cancel(call)
+            calls += job.open_calls()
+        cancel = concurrent.futures.Future.cancel  # the hook's work is done right here
+        for call in calls:
+            future = call.future
+            if isinstance(future, RemoteFuture) and cancel(future):
+                future._rf_hook = None
+                self._on_cancel(call)
 
     async def wait_idle(self) -> None:
         """Wait until every call handed over so far is settled or cancelled."""
@@ -681,11 +680,6 @@ class Engine:
     def _check_idle(self) -> None:
         if self._unsettled <= 0:
             self._idle.set()
-
-
-def _cancel(call: Call) -> None:
-    if call.future is not None:
-        call.future.cancel()
 
 
 def _mark_running(future: concurrent.futures.Future[Any]) -> bool:

@@ -53,7 +53,7 @@ class Transport(abc.ABC):
     poll_interval: tuple[float, float] = (0.5, 5.0)
     #: How long the core waits after a ``submit`` for more to arrive, so that a burst of
     #: submissions becomes one array job (schedulers launch one job far faster than many).
-    coalesce_window: float = 0.05
+    coalesce_window: float = 0.02
     #: The most tasks one job may hold (a scheduler's MaxArraySize); the core splits larger maps.
     max_tasks_per_job: int = 1000
     #: Whether the transport can run a job with fewer tasks at once than it has (an array
