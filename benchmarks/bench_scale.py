@@ -57,11 +57,9 @@ def _rss_mib() -> float:
 def pending(kind: str) -> dict[str, float]:
     """In a fresh process: client memory of PENDING pending futures, and cancelling them."""
     gate = f"/tmp/rf-bench-gate-{os.getpid()}"
-    ex: cf.Executor
-    if kind == "remote":
-        ex = RemoteExecutor("local", max_workers=1)
-    else:
-        ex = cf.ProcessPoolExecutor(1)
+    ex: cf.Executor = (
+        RemoteExecutor("local", max_workers=1) if kind == "remote" else cf.ProcessPoolExecutor(1)
+    )
     ex.submit(ident, 0).result()  # workers up, imports done: measure the futures only
     before = _rss_mib()
     first = ex.submit(block, gate)
@@ -90,7 +88,8 @@ def main() -> None:
         local = timed_map(lambda: RemoteExecutor("local", max_workers=WORKERS), n)
         print(f"{n:>8} {ppe:12.2f} {local:10.2f} {local / n * 1e6:11.1f}", flush=True)
     print(f"\n{PENDING} pending futures (fresh process each)")
-    print(f"{'executor':>12} {'client MiB':>11} {'submit s':>9} {'shutdown s':>11} {'cancelled':>10}")
+    print(f"{'executor':>12} {'client MiB':>11} {'submit s':>9} {'shutdown s':>11} "
+          f"{'cancelled':>10}")
     for kind in ("processpool", "remote"):
         out = subprocess.run([sys.executable, __file__, "--pending", kind], check=True,
                              capture_output=True, text=True).stdout

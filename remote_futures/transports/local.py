@@ -39,6 +39,8 @@ __all__ = ["LocalOptions", "LocalTransport"]
 _STDERR_TAIL_BYTES = 16384
 #: Tasks sent ahead to a worker process, so that it never waits for the next one.
 _PIPELINE = 2
+#: Input files up to this size are written on the event loop; larger ones in a thread.
+_INLINE_WRITE = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,10 @@ class _LocalJob:
     cancelled: set[int] = dataclasses.field(default_factory=set)
     #: Tasks a worker reported starting (``running`` also holds tasks only sent ahead).
     started: set[int] = dataclasses.field(default_factory=set)
+    #: Payloads not written yet: a task's input file is written just before a worker gets it
+    #: (and removed when it ends), so a large queued job costs its bytes in memory, not a
+    #: page of the memory-backed filesystem per task.
+    payloads: dict[int, bytes] = dataclasses.field(default_factory=dict)
 
     def set_state(self, index: int, status: TaskStatus) -> None:
         self.states[index] = status
@@ -121,7 +127,9 @@ class LocalTransport(Transport):
         await self._task_group.__aenter__()
 
     async def close(self) -> None:
-        """Kill every worker process still running and remove the temporary directory."""
+        """Kill every worker process still running and remove the temporary directory (or,
+        in a ``work_dir`` of the user's, the directories of the jobs not released yet: the
+        executor was stopped under them, by a Ctrl-C say)."""
         for job in self._jobs.values():
             job.queue.clear()
             for process in job.running.values():
@@ -130,21 +138,28 @@ class LocalTransport(Transport):
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
             self._task_group = None
-        if self._owns_root and not self.options.keep_job_dirs:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(shutil.rmtree, self._root, True)
+        if self.options.keep_job_dirs:
+            return
+        leftovers = [self._root] if self._owns_root else [
+            job.handle.location for job in self._jobs.values()
+        ]
+        self._jobs.clear()
+        with anyio.CancelScope(shield=True):
+            for directory in leftovers:
+                await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     async def submit(self, job: JobSpec) -> JobHandle:
         """Write the job directory and start one worker process per granted slot."""
         assert self._task_group is not None, "transport not open"
         self._count += 1
         job_dir = os.path.join(self._root, job.name)
-        await anyio.to_thread.run_sync(_write_job_dir, job_dir, job)
+        await anyio.to_thread.run_sync(os.makedirs, job_dir, 0o700)
         handle = JobHandle(job_id=f"local-{self._count}", spec=job, location=job_dir)
         state = _LocalJob(
             handle,
             queue=collections.deque(task.index for task in job.tasks),
             states={task.index: TaskStatus(TaskState.PENDING) for task in job.tasks},
+            payloads={task.index: task.payload for task in job.tasks},
         )
         self._jobs[handle] = state
         self._add_lanes(state, job.max_concurrent or len(job.tasks))
@@ -193,7 +208,9 @@ class LocalTransport(Transport):
                         with open(path, "rb") as f:
                             found[handle][call] = f.read()
                     except FileNotFoundError:
-                        pass
+                        continue
+                    if not self.options.keep_job_dirs:
+                        os.unlink(path)  # read once: free its page now, not at release
             return found
 
         return await anyio.to_thread.run_sync(read)
@@ -316,6 +333,17 @@ class LocalTransport(Transport):
             job.tails[current] = tail.decode(errors="replace")
             self._signal()
 
+    async def _write_input(self, job: _LocalJob, index: int) -> None:
+        """Write the task's input file, if it was not written yet."""
+        data = job.payloads.pop(index, None)
+        if data is None:
+            return
+        path = os.path.join(job.handle.location, worker.INPUT_NAME.format(index))
+        if len(data) > _INLINE_WRITE:
+            await anyio.to_thread.run_sync(_write, path, data)
+        else:
+            _write(path, data)  # a page of memory: cheaper than a trip to a thread
+
     async def _feed(
         self, job: _LocalJob, process: anyio.abc.Process, reader: asyncio.StreamReader
     ) -> int | None:
@@ -331,6 +359,7 @@ class LocalTransport(Transport):
                     index = job.queue.popleft()
                     sent.append(index)
                     job.running[index] = process
+                    await self._write_input(job, index)
                     try:
                         await process.stdin.send(f"{index}\n".encode())
                     except (anyio.BrokenResourceError, OSError):
@@ -349,6 +378,9 @@ class LocalTransport(Transport):
                     index_text, _, code_text = rest.partition(" ")
                     index, code = int(index_text), int(code_text or 0)
                     job.running.pop(index, None)
+                    if not self.options.keep_job_dirs:
+                        _unlink(os.path.join(job.handle.location,
+                                             worker.INPUT_NAME.format(index)))
                     if index in sent:
                         sent.remove(index)
                     current = None
@@ -373,11 +405,16 @@ class LocalTransport(Transport):
                         job.queue.appendleft(index)
 
 
-def _write_job_dir(job_dir: str, job: JobSpec) -> None:
-    os.makedirs(job_dir, mode=0o700)
-    for task in job.tasks:
-        with open(os.path.join(job_dir, worker.INPUT_NAME.format(task.index)), "wb") as f:
-            f.write(task.payload)
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _touch(path: str) -> None:
