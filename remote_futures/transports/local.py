@@ -39,6 +39,7 @@ __all__ = ["LocalOptions", "LocalTransport"]
 _STDERR_TAIL_BYTES = 16384
 #: Tasks sent ahead to a worker process, so that it never waits for the next one.
 _PIPELINE = 2
+_MAX_PIPELINE = 16
 #: Input files up to this size are written on the event loop; larger ones in a thread.
 _INLINE_WRITE = 64 * 1024
 
@@ -100,6 +101,10 @@ class LocalTransport(Transport):
         self._jobs: dict[JobHandle, _LocalJob] = {}
         self._changed = anyio.Event()
         self._count = 0
+        #: Input files of ended tasks, to remove.
+        self._spent: list[str] = []
+        #: Job directories created and not removed yet (removed at close at the latest).
+        self._dirs: set[str] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
@@ -134,25 +139,28 @@ class LocalTransport(Transport):
             job.queue.clear()
             for process in job.running.values():
                 _kill(process)
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            await self._task_group.__aexit__(None, None, None)
+        try:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                await self._task_group.__aexit__(None, None, None)
+        finally:
             self._task_group = None
-        if self.options.keep_job_dirs:
-            return
-        leftovers = [self._root] if self._owns_root else [
-            job.handle.location for job in self._jobs.values()
-        ]
-        self._jobs.clear()
-        with anyio.CancelScope(shield=True):
-            for directory in leftovers:
-                await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
+            # Even when cancelled: close() often runs because the executor is being stopped
+            # (a Ctrl-C), and what it must do then is exactly this. Shielded, and bounded.
+            if not self.options.keep_job_dirs:
+                leftovers = [self._root] if self._owns_root else sorted(self._dirs)
+                self._jobs.clear()
+                self._dirs.clear()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    for directory in leftovers:
+                        await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     async def submit(self, job: JobSpec) -> JobHandle:
         """Write the job directory and start one worker process per granted slot."""
         assert self._task_group is not None, "transport not open"
         self._count += 1
         job_dir = os.path.join(self._root, job.name)
+        self._dirs.add(job_dir)  # before it exists: a submission cut short leaves none behind
         await anyio.to_thread.run_sync(os.makedirs, job_dir, 0o700)
         handle = JobHandle(job_id=f"local-{self._count}", spec=job, location=job_dir)
         state = _LocalJob(
@@ -198,7 +206,11 @@ class LocalTransport(Transport):
         self, wanted: Mapping[JobHandle, Sequence[int]]
     ) -> dict[JobHandle, dict[int, bytes]]:
         """Read the outcome files from the job directories."""
+        spent, self._spent = self._spent, []
+
         def read() -> dict[JobHandle, dict[int, bytes]]:
+            for path in spent:
+                _unlink(path)
             found: dict[JobHandle, dict[int, bytes]] = {}
             for handle, calls in wanted.items():
                 found[handle] = {}
@@ -260,7 +272,10 @@ class LocalTransport(Transport):
         if state is not None:
             state.queue.clear()  # lanes still waiting for a slot must not start on it
         if not self.options.keep_job_dirs:
-            await anyio.to_thread.run_sync(shutil.rmtree, job.location, True)
+            # Shielded: a directory half removed when a shutdown cancels us stays behind.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, job.location, True)
+            self._dirs.discard(job.location)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return as soon as a worker reports progress, or after ``timeout``."""
@@ -355,13 +370,22 @@ class LocalTransport(Transport):
         current: int | None = None
         try:
             while job.queue or sent:
-                while job.queue and len(sent) < _PIPELINE:
+                # Deeper while much is queued (one write feeds several tasks, and the worker
+                # never waits), shallow near the end (a task sent ahead waits behind a long one).
+                depth = max(_PIPELINE, min(_MAX_PIPELINE, len(job.queue) // (4 * job.lanes)))
+                batch = []
+                # Ahead only what other lanes cannot start now: a task sent ahead waits here.
+                while job.queue and len(sent) < depth and (
+                    not sent or len(job.queue) >= job.lanes
+                ):
                     index = job.queue.popleft()
                     sent.append(index)
                     job.running[index] = process
                     await self._write_input(job, index)
+                    batch.append(f"{index}\n")
+                if batch:
                     try:
-                        await process.stdin.send(f"{index}\n".encode())
+                        await process.stdin.send("".join(batch).encode())
                     except (anyio.BrokenResourceError, OSError):
                         return current
                 line = await reader.readline()
@@ -379,8 +403,10 @@ class LocalTransport(Transport):
                     index, code = int(index_text), int(code_text or 0)
                     job.running.pop(index, None)
                     if not self.options.keep_job_dirs:
-                        _unlink(os.path.join(job.handle.location,
-                                             worker.INPUT_NAME.format(index)))
+                        # Removed in the next fetch's thread, not here on the loop.
+                        self._spent.append(
+                            os.path.join(job.handle.location, worker.INPUT_NAME.format(index))
+                        )
                     if index in sent:
                         sent.remove(index)
                     current = None
