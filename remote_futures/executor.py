@@ -2,7 +2,16 @@
 
 A thin synchronous facade over the async core (:mod:`remote_futures.core`), which runs on an
 event loop in a background thread (an anyio blocking portal). The facade pickles each call in
-the caller's thread, so an unpicklable function fails at ``submit``; it never blocks the loop.
+the caller's thread (a ``map``'s function once), so an unpicklable function fails at ``submit``;
+it never blocks the loop. ``submit``/``map``/``amap`` are those of a :class:`ResourceView` with
+the executor's own resources.
+
+Life cycle, as the standard library's: the loop thread is held by a module registry, not by the
+executor, so an executor dropped with work pending finishes it (a weakref finalizer starts a
+non-cancelling ``shutdown(wait=False)``); at interpreter exit the work of executors not shut
+down is awaited, unless the program is ending on a Ctrl-C, when what did not start is
+cancelled. Interrupted while waiting in ``shutdown`` (a second Ctrl-C), the loop is stopped at
+once: the core cancels its jobs and fails what is left, and the transport cleans up.
 """
 
 from __future__ import annotations
