@@ -9,9 +9,9 @@ the executor's own resources.
 Life cycle, as the standard library's: the loop thread is held by a module registry, not by the
 executor, so an executor dropped with work pending finishes it (a weakref finalizer starts a
 non-cancelling ``shutdown(wait=False)``); at interpreter exit the work of executors not shut
-down is awaited, unless the program is ending on a Ctrl-C, when what did not start is
-cancelled. Interrupted while waiting in ``shutdown`` (a second Ctrl-C), the loop is stopped at
-once: the core cancels its jobs and fails what is left, and the transport cleans up.
+down is awaited. On a Ctrl-C (leaving a ``with`` block, or ending the program) what did not
+start is cancelled and what runs is stopped, so the program ends at once; a second Ctrl-C while
+the executor closes stops its loop at once, and the transport still cleans up.
 """
 
 from __future__ import annotations
@@ -105,14 +105,16 @@ class _Runtime:
             except RuntimeError:
                 pass  # the loop already ended: every future was resolved then
 
-    def close(self) -> None:
-        """Wait for the work handed over, then stop the loop. Interrupted (Ctrl-C), it stops
-        the loop at once instead: the core cancels its jobs and fails what is left."""
+    def close(self, *, wait_for_work: bool = True) -> None:
+        """Wait for the work handed over (unless not ``wait_for_work``), then stop the loop:
+        the core cancels the jobs of calls still open and fails them. Interrupted (Ctrl-C), it
+        stops the loop at once."""
         with self._close_lock:
             if self.closed:
                 return
             try:
-                self.portal.call(self.engine.wait_idle)
+                if wait_for_work:
+                    self.portal.call(self.engine.wait_idle)
                 self.portal.call(self.engine.stop)
             except RuntimeError:
                 pass  # the portal already stopped (the loop ended on its own)
@@ -230,9 +232,15 @@ class RemoteExecutor(concurrent.futures.Executor):
             self._runtime.close_in_background()
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
-        # Interrupted (Ctrl-C): what is queued is not wanted any more, as for a ``map`` whose
-        # consumer stopped. Otherwise, as the standard library: wait for the work.
-        self.shutdown(wait=True, cancel_futures=isinstance(exc_val, KeyboardInterrupt))
+        if isinstance(exc_val, KeyboardInterrupt):
+            # Ctrl-C: the user wants out now. What is queued is cancelled, calls already
+            # running are stopped (their futures fail), nothing is left behind.
+            with self._lock:
+                self._shutdown = True
+            self._runtime.cancel_pending()
+            self._runtime.close(wait_for_work=False)
+        else:
+            self.shutdown(wait=True)
 
     # --- asyncio ------------------------------------------------------------------------------
 
@@ -407,7 +415,7 @@ def _python_exit() -> None:
         try:
             if interrupted:
                 runtime.cancel_pending()
-            runtime.close()
+            runtime.close(wait_for_work=not interrupted)
         except Exception:
             pass  # nothing useful to do about it at exit
 

@@ -162,11 +162,12 @@ def _alive(pgid: int) -> bool:
 
 
 @pytest.mark.parametrize("how", ["with", "map"])
-@pytest.mark.parametrize("presses", [1, 2])
+@pytest.mark.parametrize(("presses", "group"), [(1, True), (2, True), (1, False)])
 def test_ctrl_c_ends_the_program_and_leaves_nothing(tmp_path: Path, how: str,
-                                                    presses: int) -> None:
-    """SIGINT to the process group (what a terminal's Ctrl-C and ``timeout -s INT`` send):
-    the program ends, no worker process is left in its group, no job directory is left."""
+                                                    presses: int, group: bool) -> None:
+    """SIGINT to the process group (what a terminal's Ctrl-C and ``timeout -s INT`` send), or
+    to the program alone (``kill -INT``: its workers go on with their 30 s calls): the program
+    ends, no worker process is left in its group, no job directory is left."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(_SCRIPT))
     work = tmp_path / "work"
@@ -179,9 +180,12 @@ def test_ctrl_c_ends_the_program_and_leaves_nothing(tmp_path: Path, how: str,
         assert proc.stdout.readline().strip() == b"started"
         time.sleep(1.0)  # the workers are running their calls
         for _ in range(presses):
-            os.killpg(proc.pid, signal.SIGINT)
+            if group:
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                os.kill(proc.pid, signal.SIGINT)
             time.sleep(0.3)
-        proc.wait(timeout=30)
+        proc.wait(timeout=20)  # the calls take 30 s: the program must not wait for them
         deadline = time.monotonic() + 10
         while _alive(proc.pid):
             assert time.monotonic() < deadline, "worker processes outlived the program"
