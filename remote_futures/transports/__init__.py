@@ -17,6 +17,8 @@ TRANSPORTS: dict[str, str] = {
     "slurm": "remote_futures.transports.batch:SlurmTransport",
     "pbs": "remote_futures.transports.batch:PBSTransport",
     "sge": "remote_futures.transports.batch:SGETransport",
+    #: In-memory, for tests (calls run in threads of this process).
+    "mock": "remote_futures.transports.mock:MockTransport",
 }
 
 #: Transports planned for a later release: named here so the error says so, not "unknown".
