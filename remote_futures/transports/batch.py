@@ -230,7 +230,7 @@ class BatchTransport(RemoteTransport):
         now = time.monotonic()
         lookups: list[JobHandle] = []
         cancels: dict[JobHandle, frozenset[int]] = {}
-        ended: dict[JobHandle, set[int]] = {}
+        verdicts: dict[JobHandle, dict[int, TaskStatus]] = {}
         removable: list[JobHandle] = []
         for handle in watched:
             finishing = self._finishing.get(handle)
@@ -256,21 +256,17 @@ class BatchTransport(RemoteTransport):
                 lookups.append(handle)
             if verdict.cancel:
                 cancels[handle] = verdict.cancel
-            if verdict.newly_ended:
-                tracking.ended |= verdict.newly_ended
-                ended[handle] = set(verdict.newly_ended)
-            statuses[handle] = JobStatus(
-                verdict.tasks, frozenset(listing.outcomes.get(handle.location, set()))
-            )
+            verdicts[handle] = verdict.tasks
         if lookups:
             await self._lookup_final(lookups)
         for handle, tasks in cancels.items():
             log.warning("%s job %s can never start (%s): cancelling it", self.name,
-                        handle.job_id, statuses[handle].tasks[min(tasks)].raw_state)
+                        handle.job_id, verdicts[handle][min(tasks)].raw_state)
             await self.cancel(handle, None if len(tasks) == len(handle.spec.tasks) else
                               sorted(tasks))
-        if ended:
-            await self.forward_output(ended, listing)
+        statuses.update(await self.report(
+            verdicts, {handle: self._tracking[handle].ended for handle in verdicts}, listing
+        ))
         if removable:
             for handle in removable:
                 self._finishing.pop(handle, None)

@@ -157,7 +157,7 @@ def reconcile(
                     reason = never_runs(seen)
                     if reason is None:
                         memory.stuck_since.pop(task, None)
-                        if seen.raw_state:
+                        if seen.raw_state.endswith(")"):  # "PENDING (Resources)"
                             reasons.add(seen.raw_state)
                     else:
                         stuck = memory.stuck_since.setdefault(task, now)

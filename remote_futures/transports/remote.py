@@ -22,7 +22,7 @@ from typing import Any, Literal
 from .. import worker
 from ..envsync import EnvSpec, SyncResult, env_spec_from_option, sync_environment
 from ..errors import ConfigurationError, TransportError
-from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
+from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from ..shell import LocalShell, Shell
 from .base import Transport
 
@@ -341,6 +341,30 @@ class RemoteTransport(Transport):
                 directory = posixpath.dirname(line.rsplit(":", 1)[0])
                 exits.setdefault(directory, {})[int(match.group(1))] = int(match.group(2))
         return Listing(outcomes, exits, outputs, started)
+
+    async def report(
+        self,
+        tasks: Mapping[JobHandle, Mapping[int, TaskStatus]],
+        ended: Mapping[JobHandle, set[int]],
+        listing: Listing,
+    ) -> dict[JobHandle, JobStatus]:
+        """What every poll ends with: each job's status with its ready outcomes, and the
+        output of tasks reported terminal for the first time forwarded. ``ended`` holds, per
+        job, the tasks already seen terminal; it is updated."""
+        statuses: dict[JobHandle, JobStatus] = {}
+        newly: dict[JobHandle, set[int]] = {}
+        for handle, states in tasks.items():
+            seen = ended[handle]
+            for task, status in states.items():
+                if status.state.terminal and task not in seen:
+                    seen.add(task)
+                    newly.setdefault(handle, set()).add(task)
+            statuses[handle] = JobStatus(
+                dict(states), frozenset(listing.outcomes.get(handle.location, set()))
+            )
+        if newly:
+            await self.forward_output(newly, listing)
+        return statuses
 
     async def forward_output(self, ended: Mapping[JobHandle, set[int]], listing: Listing) -> None:
         """Copy the output of tasks that just ended to this process's stdout and stderr."""
