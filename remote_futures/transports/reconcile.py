@@ -147,8 +147,10 @@ def reconcile(
         elif live is None:
             status = _window_closed(task, memory, now, rules)
         elif seen is not None and not seen.state.terminal:
+            # Alive (again, after a requeue): whatever said it ended is out of date.
             memory.ended_since.pop(task, None)
             memory.evidence.pop(task, None)
+            memory.final.pop(task, None)
             status = seen
             if seen.state is TaskState.PENDING:
                 if task in observed.started:

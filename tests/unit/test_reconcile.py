@@ -153,6 +153,7 @@ def test_requeue_after_node_fail_is_followed() -> None:
     memory = JobMemory()
     node_fail = {None: TaskStatus(TaskState.NODE_FAIL, "NODE_FAIL")}
     assert reconcile(Observation(plain(), node_fail), memory, 0.0, RULES).tasks == {}
+    memory.final[0] = TaskStatus(TaskState.NODE_FAIL, "NODE_FAIL")  # accounting saw it too
     requeued = SLURM.parse_status("7|PENDING|BeginTime\n", ["7"])["7"]
     verdict = reconcile(Observation(plain(), requeued), memory, 30.0, RULES)
     assert verdict.tasks[0].state is TaskState.PENDING
@@ -161,6 +162,9 @@ def test_requeue_after_node_fail_is_followed() -> None:
     assert reconcile(Observation(plain(), running), memory, 200.0, RULES).tasks[0].state is (
         TaskState.RUNNING
     )
+    # Purged from squeue later: the old NODE_FAIL record does not end the rerun.
+    assert reconcile(Observation(plain(), {}), memory, 202.0, RULES).tasks == {}
+    assert reconcile(Observation(plain(), {}), memory, 208.0, RULES).lookup
     # ...and ends by its own exit file.
     verdict = reconcile(Observation(plain(), running, exits={0: 0}, outcomes={0}), memory,
                         210.0, RULES)
