@@ -260,6 +260,7 @@ class BatchTransport(RemoteTransport):
         if lookups:
             await self._lookup_final(lookups)
         for handle, tasks in cancels.items():
+            await self._explain_never_runs(handle, tasks, verdicts[handle])
             log.warning("%s job %s can never start (%s): cancelling it", self.name,
                         handle.job_id, verdicts[handle][min(tasks)].raw_state)
             await self.cancel(handle, None if len(tasks) == len(handle.spec.tasks) else
@@ -300,6 +301,25 @@ class BatchTransport(RemoteTransport):
                         self.name, self.shell.label, now - self._status_failing_since,
                         output.returncode, output.stderr[-500:] or "no message")
         return None
+
+    async def _explain_never_runs(
+        self, handle: JobHandle, tasks: frozenset[int], verdict: dict[int, TaskStatus]
+    ) -> None:
+        """Add the scheduler's own explanation (SGE's ``error reason``) to the state of tasks
+        that can never start, where the dialect has a command for it."""
+        argv_of = getattr(self.dialect, "error_reason_argv", None)
+        if argv_of is None:
+            return
+        result = await self.shell.run(shlex.join(argv_of(handle.job_id)))
+        reason = self.dialect.parse_error_reason(result.stdout)  # type: ignore[attr-defined]
+        if not reason:
+            return
+        memory = self._tracking[handle].memory
+        for task in tasks:
+            explained = dataclasses.replace(
+                verdict[task], raw_state=f"{verdict[task].raw_state}: {reason}"[:2000]
+            )
+            verdict[task] = memory.reported[task] = explained
 
     async def _lookup_final(self, handles: list[JobHandle]) -> None:
         """Ask accounting about jobs the live command stopped showing. Only terminal answers

@@ -203,6 +203,18 @@ class SGEDialect:
             return f"{status.raw_state}: Grid Engine put the job in error state (see qstat -j)"
         return None
 
+    def error_reason_argv(self, job_id: str) -> list[str]:
+        """``qstat -j ID``: its ``error reason`` lines say why a job is in error state."""
+        return ["qstat", "-j", job_id]
+
+    def parse_error_reason(self, stdout: str) -> str:
+        """The ``error reason`` lines of ``qstat -j`` output, joined (empty if none)."""
+        reasons = [
+            line.split(":", 1)[1].strip() for line in stdout.splitlines()
+            if line.startswith("error reason") and ":" in line
+        ]
+        return "; ".join(reasons)
+
     def cancel_argv(self, job_id: str, tasks: Sequence[int] | None = None) -> list[str]:
         """``qdel 123``, or ``qdel 123 -t 5`` per task (1-based task ids)."""
         if tasks is None:

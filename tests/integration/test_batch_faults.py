@@ -234,6 +234,7 @@ def test_sge_error_state_is_deleted(remote_executor: Callable[..., RemoteExecuto
     with pytest.raises(JobFailedError) as caught:
         ex.submit(square, 2).result(timeout=120)
     assert "Eqw" in str(caught.value)
+    assert "can't open output file" in str(caught.value)  # SGE's own error reason
     job_id = caught.value.job_id
     deadline = time.monotonic() + 60
     while _as_user(facts.sge_user, f"qstat -j {job_id}").returncode == 0:

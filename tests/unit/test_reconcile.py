@@ -253,6 +253,13 @@ def test_sge_error_state_is_deleted_after_the_grace() -> None:
     assert "Eqw" in verdict.tasks[0].raw_state
 
 
+def test_sge_error_reason_from_qstat_j() -> None:
+    reason = SGE.parse_error_reason(data("sge-8.1.9/qstat-j-eqw.txt"))
+    assert "can't open output file \"/nonexistent/dir/out\"" in reason
+    assert SGE.error_reason_argv("2") == ["qstat", "-j", "2"]
+    assert SGE.parse_error_reason(data("sge-8.1.9/qstat-j-pending-array.txt")) == ""
+
+
 def test_started_marker_says_running() -> None:
     pending = SLURM.parse_status("9|PENDING|Resources\n", ["9"])["9"]
     verdict = reconcile(Observation(plain(), pending, started={0}), JobMemory(), 0.0, RULES)
