@@ -66,6 +66,10 @@ class BatchOptions(RemoteOptions):
     #: Seconds a job pending for a reason that never clears (``BadConstraints``,
     #: ``JobHeldAdmin``, SGE's ``Eqw``...) waits before it is cancelled and its calls fail.
     never_runs_grace: float = 120.0
+    #: Seconds the status command may keep failing while calls keep their last known states;
+    #: past this, jobs it cannot show are taken for gone (accounting, then VANISHED), so that
+    #: a status command that will never work again cannot leave calls pending for ever.
+    status_outage_limit: float = 1800.0
 
     @staticmethod
     def convert_resources(value: Any) -> Resources:
@@ -295,6 +299,13 @@ class BatchTransport(RemoteTransport):
             log.warning("%s status command failed on %s (exit %s: %s); keeping the last known "
                         "states until it answers", self.name, self.shell.label,
                         output.returncode, output.stderr[-500:] or "no message")
+        elif now - self._status_failing_since >= self.options.status_outage_limit:
+            if now - self._status_warned >= _WARN_EVERY:
+                self._status_warned = now
+                log.warning("%s status command failing on %s for %.0f s, past "
+                            "status_outage_limit: jobs it cannot show are taken for gone",
+                            self.name, self.shell.label, now - self._status_failing_since)
+            return self.dialect.parse_status(output.status, ids)
         elif now - self._status_warned >= _WARN_EVERY:
             self._status_warned = now
             log.warning("%s status command still failing on %s after %.0f s (exit %s: %s)",

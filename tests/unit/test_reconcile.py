@@ -366,3 +366,21 @@ def test_relative_work_dir_is_taken_from_home() -> None:
     assert resolve_work_dir("scratch/rf", "/home/u") == "/home/u/scratch/rf"
     assert resolve_work_dir("./rf/", "/home/u") == "/home/u/rf"
     assert resolve_work_dir("/scratch/u/rf", "/home/u") == "/scratch/u/rf"
+
+
+def test_status_outage_is_unknown_until_the_limit() -> None:
+    from remote_futures.transports.batch import BatchOptions, SlurmTransport
+    from remote_futures.transports.remote import PollOutput
+
+    failed = PollOutput("", 1, data("slurm-22.05/squeue-slurmctld-unreachable.stderr"), "")
+    patient = SlurmTransport(BatchOptions(), max_workers=1)
+    assert patient._live_statuses(failed, ["7"]) is None
+    assert patient._live_statuses(failed, ["7"]) is None
+    answered = PollOutput("7|RUNNING|None\n", 0, "", "")
+    assert patient._live_statuses(answered, ["7"]) == {
+        "7": {None: TaskStatus(TaskState.RUNNING, "RUNNING")}
+    }
+    # A status command that never works again: past the limit, its silence counts as "gone".
+    impatient = SlurmTransport(BatchOptions(status_outage_limit=0.0), max_workers=1)
+    assert impatient._live_statuses(failed, ["7"]) is None  # the first failure
+    assert impatient._live_statuses(failed, ["7"]) == {}
