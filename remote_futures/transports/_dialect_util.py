@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["expand_indices", "safe_job_name", "split_exit_status"]
+__all__ = ["expand_indices", "safe_job_name", "split_exit_status", "status_answered"]
 
+#: Lines a status command prints for a job id it does not know: an answer ("gone"), not a
+#: failure. Slurm: ``slurm_load_jobs error: Invalid job id specified``; PBS Pro / Torque:
+#: ``qstat: Unknown Job Id 123.server``; SGE: ``Following jobs do not exist``.
+_UNKNOWN_JOB = re.compile(
+    r"invalid job id|unknown job id|do(?:es)? not exist|job has finished", re.IGNORECASE
+)
 _RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+))?)?$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 #: Longest job name used: PBS Pro's limit is 236 characters; the others allow more.
@@ -67,3 +73,16 @@ def split_exit_status(status: int) -> tuple[int | None, int | None]:
     if status > 256:
         return None, status - 256
     return status, None
+
+
+def status_answered(returncode: int, stderr: str, *, unknown_codes: frozenset[int] = frozenset()
+                    ) -> bool:
+    """Whether a status command answered: it exited 0, or it only said that some job ids are
+    unknown (by its stderr, or by an exit status in ``unknown_codes`` with nothing on stderr).
+    Anything else (a controller that is down, a timeout) is a failure: unknown, not gone."""
+    if returncode == 0:
+        return True
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return returncode in unknown_codes
+    return all(_UNKNOWN_JOB.search(line) for line in lines)

@@ -1,11 +1,12 @@
 """Batch schedulers: one transport, a dialect per scheduler (SLURM, PBS Pro/Torque, SGE).
 
 A ``map`` becomes one array job; every poll cycle runs ONE command on the host for all jobs:
-the scheduler's status command for every job id, then a listing of outcome and exit-code files
-(states first, so a task seen finished has all its outcomes listed). A task's final state never
-depends on the scheduler remembering it: the job script records each task's exit code, and a
-job the live status command no longer shows is looked up once in accounting (``sacct``,
-``qacct``, ``qstat -x``); if nobody knows it, it resolves as VANISHED instead of hanging.
+the scheduler's status command for every job id (with its exit status: a failed one means
+"unknown", never "gone"), then a listing of exit-code and outcome files, exit files first (so
+a task seen finished has all its outcomes listed). What these views mean together is decided
+by the pure :mod:`.reconcile`: an exit file ends a task; a scheduler's or accounting's "ended"
+without one starts a bounded wait for files still on their way (``latency_wait``); a job
+nobody knows any more resolves as VANISHED instead of hanging.
 """
 
 from __future__ import annotations
@@ -18,13 +19,22 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import anyio
+
 from .. import worker
 from ..errors import ConfigurationError, SubmissionError
-from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from ..jobs import JobHandle, JobSpec, JobStatus, TaskStatus
 from ..resources import Resources
 from .dialect import Dialect, ParsedStatuses, ScriptRequest, render_script
 from .pbs import PBSProDialect, TorqueDialect, detect_pbs_flavor, is_slurm_torque_wrapper
-from .remote import RemoteOptions, RemoteTransport, exit_status
+from .reconcile import JobMemory, Observation, Rules, reconcile, scheduler_done
+from .remote import (
+    PollOutput,
+    RemoteOptions,
+    RemoteTransport,
+    remove_ended_command,
+    split_poll_output,
+)
 from .sge import SGEDialect
 from .slurm import SlurmDialect, parse_max_array_size
 
@@ -40,11 +50,8 @@ __all__ = [
 
 log = logging.getLogger("remote_futures")
 
-_MARK = "@@remote_futures-listing@@"
-#: A task the scheduler stopped showing is looked up in accounting after this many seconds,
-#: and declared VANISHED if accounting does not know it either after this many more.
-_MISSING_GRACE = 5.0
-_VANISHED_AFTER = 60.0
+#: While the status command keeps failing, a warning every this many seconds.
+_WARN_EVERY = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,16 @@ class BatchOptions(RemoteOptions):
     """Options of the batch schedulers: connection and layout, plus the default resources."""
 
     resources: Resources = dataclasses.field(default_factory=Resources)
+    #: Seconds a task the scheduler says ended may take to show its exit and result files
+    #: (files written on compute nodes reach the login node late on NFS).
+    latency_wait: float = 60.0
+    #: Seconds a job pending for a reason that never clears (``BadConstraints``,
+    #: ``JobHeldAdmin``, SGE's ``Eqw``...) waits before it is cancelled and its calls fail.
+    never_runs_grace: float = 120.0
+    #: Seconds the status command may keep failing while calls keep their last known states;
+    #: past this, jobs it cannot show are taken for gone (accounting, then VANISHED), so that
+    #: a status command that will never work again cannot leave calls pending for ever.
+    status_outage_limit: float = 1800.0
 
     @staticmethod
     def convert_resources(value: Any) -> Resources:
@@ -82,8 +99,8 @@ class SGEOptions(BatchOptions):
 class _Tracking:
     """What the transport remembers of a job between polls."""
 
-    missing_since: dict[int, float] = dataclasses.field(default_factory=dict)
-    final: dict[int, TaskStatus] = dataclasses.field(default_factory=dict)
+    #: What status reconciliation remembers between polls.
+    memory: JobMemory = dataclasses.field(default_factory=JobMemory)
     #: Tasks seen terminal (their output was forwarded).
     ended: set[int] = dataclasses.field(default_factory=set)
 
@@ -101,6 +118,13 @@ class BatchTransport(RemoteTransport):
     def __init__(self, options: BatchOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
         self._tracking: dict[JobHandle, _Tracking] = {}
+        #: Released jobs whose tasks may still be finishing: removed when they have ended.
+        self._finishing: dict[JobHandle, _Tracking] = {}
+        self._rules = Rules(latency_wait=options.latency_wait,
+                            never_runs_grace=options.never_runs_grace)
+        #: Since when the status command fails (None: it answers), and the last warning.
+        self._status_failing_since: float | None = None
+        self._status_warned = 0.0
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
@@ -157,92 +181,124 @@ class BatchTransport(RemoteTransport):
     # --- poll ---------------------------------------------------------------------------------
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """One command for all jobs: the scheduler's status, then the job directories."""
+        """One command for all jobs: the scheduler's status, then the job directories. What
+        the views mean together is :func:`~.reconcile.reconcile`'s business."""
         statuses: dict[JobHandle, JobStatus] = {}
-        ids = [handle.job_id for handle in jobs]
-        status_command = shlex.join(self.dialect.status_argv(ids))
-        command = (
-            f"{status_command} 2>/dev/null; echo {_MARK}; "
-            f"{self.listing_command([h.location for h in jobs])}"
+        # Released jobs whose tasks may still be finishing are watched in the same command,
+        # until their directories can go.
+        watched = list(jobs) + [h for h in self._finishing if h not in jobs]
+        ids = [handle.job_id for handle in watched]
+        command = self.status_and_listing_command(
+            shlex.join(self.dialect.status_argv(ids)), [h.location for h in watched]
         )
         result = await self.shell.run(command)
-        live_text, _, listing_text = result.stdout.partition(_MARK)
-        live = self.dialect.parse_status(live_text, ids)
-        listing = self.parse_listing(listing_text)
+        output = split_poll_output(result.stdout)
+        live = self._live_statuses(output, ids)
+        listing = self.parse_listing(output.listing)
         now = time.monotonic()
         lookups: list[JobHandle] = []
-        ended: dict[JobHandle, set[int]] = {}
-        for handle in jobs:
-            tracking = self._tracking.setdefault(handle, _Tracking())
-            exits = listing.exits.get(handle.location, {})
-            started = listing.started.get(handle.location, set())
-            seen = live.get(handle.job_id, {})
-            tasks: dict[int, TaskStatus] = {}
-            for task in range(len(handle.spec.tasks)):
-                status = self._task_status(task, len(handle.spec.tasks) == 1, exits, seen,
-                                           tracking)
-                # Started says running only while the scheduler still lists the task as
-                # pending: a task it no longer lists must go through accounting instead.
-                if task in started and status is not None and status.state is TaskState.PENDING:
-                    status = TaskStatus(TaskState.RUNNING, "started")
-                if status is None:
-                    first = tracking.missing_since.setdefault(task, now)
-                    if now - first > _MISSING_GRACE:
-                        lookups.append(handle)
-                    if now - first > _MISSING_GRACE + _VANISHED_AFTER:
-                        status = TaskStatus(
-                            TaskState.VANISHED,
-                            f"{self.name} no longer knows the job and it left no exit record",
-                        )
-                else:
-                    tracking.missing_since.pop(task, None)
-                if status is not None:
-                    tasks[task] = status
-                    if status.state.terminal and task not in tracking.ended:
-                        tracking.ended.add(task)
-                        ended.setdefault(handle, set()).add(task)
-            statuses[handle] = JobStatus(
-                tasks, frozenset(listing.outcomes.get(handle.location, set()))
+        cancels: dict[JobHandle, frozenset[int]] = {}
+        verdicts: dict[JobHandle, dict[int, TaskStatus]] = {}
+        removable: list[JobHandle] = []
+        for handle in watched:
+            finishing = self._finishing.get(handle)
+            tracking = finishing or self._tracking.setdefault(handle, _Tracking())
+            verdict = reconcile(
+                Observation(
+                    calls=[task.call_indices for task in handle.spec.tasks],
+                    live=None if live is None else live.get(handle.job_id, {}),
+                    exits=listing.exits.get(handle.location, {}),
+                    outcomes=listing.outcomes.get(handle.location, set()),
+                    started=listing.started.get(handle.location, set()),
+                ),
+                tracking.memory, now, self._rules, self.dialect.never_runs,
             )
+            if finishing is not None:
+                if scheduler_done(len(handle.spec.tasks), finishing.memory):
+                    removable.append(handle)
+                continue
+            if verdict.reasons is not None and verdict.reasons:
+                log.info("%s job %s is pending: %s", self.name, handle.job_id,
+                         ", ".join(sorted(verdict.reasons)))
+            if verdict.lookup:
+                lookups.append(handle)
+            if verdict.cancel:
+                cancels[handle] = verdict.cancel
+            verdicts[handle] = verdict.tasks
         if lookups:
-            await self._lookup_final(list(dict.fromkeys(lookups)))
-        if ended:
-            await self.forward_output(ended, listing)
+            await self._lookup_final(lookups)
+        for handle, tasks in cancels.items():
+            await self._explain_never_runs(handle, tasks, verdicts[handle])
+            log.warning("%s job %s can never start (%s): cancelling it", self.name,
+                        handle.job_id, verdicts[handle][min(tasks)].raw_state)
+            await self.cancel(handle, None if len(tasks) == len(handle.spec.tasks) else
+                              sorted(tasks))
+        statuses.update(await self.report(
+            verdicts, {handle: self._tracking[handle].ended for handle in verdicts}, listing
+        ))
+        if removable:
+            for handle in removable:
+                self._finishing.pop(handle, None)
+            quoted = " ".join(shlex.quote(handle.location) for handle in removable)
+            result = await self.shell.run(f"rm -rf {quoted}")
+            if not result.ok:
+                log.info("removing finished job directories: %s", result.stderr.strip())
         return statuses
 
-    @staticmethod
-    def _task_status(
-        task: int,
-        single: bool,
-        exits: dict[int, int],
-        seen: dict[int | None, TaskStatus],
-        tracking: _Tracking,
-    ) -> TaskStatus | None:
-        live = seen.get(task)
-        job_level = seen.get(None)
-        # A job-level line speaks for every task of a plain job, and for tasks of an array only
-        # while it is not final: the Torque wrappers show a whole array under one id whose 'C'
-        # says nothing about tasks still running. Such tasks wait for their exit file or for
-        # accounting.
-        if live is None and job_level is not None and (single or not job_level.state.terminal):
-            live = job_level
-        if task in exits:
-            recorded = exit_status(exits[task])
-            # The scheduler's word is richer when it ended the task itself (timeout, OOM...).
-            if live is not None and live.state.terminal and live.state not in (
-                TaskState.COMPLETED, TaskState.FAILED
-            ):
-                return dataclasses.replace(live, exit_code=recorded.exit_code)
-            return recorded
-        if live is not None:
-            if live.state is TaskState.COMPLETED and live.exit_code is None:
-                # e.g. PBS 'C'/'F' without an exit status and no exit file: the script did not
-                # reach its end, so the task did not complete normally.
-                return TaskStatus(TaskState.FAILED, live.raw_state or "ended", signal=live.signal)
-            return live
-        return tracking.final.get(task)
+    def _live_statuses(self, output: PollOutput, ids: list[str]) -> ParsedStatuses | None:
+        """The parsed live statuses, or None when the status command failed: then nobody
+        knows, and no task may be taken for gone (a controller restart, a failover)."""
+        answered = output.returncode is not None and self.dialect.status_answered(
+            output.returncode, output.stderr
+        )
+        now = time.monotonic()
+        if answered:
+            if self._status_failing_since is not None:
+                log.warning("%s on %s answers again after %.0f s", self.name, self.shell.label,
+                            now - self._status_failing_since)
+                self._status_failing_since = None
+            return self.dialect.parse_status(output.status, ids)
+        if self._status_failing_since is None:
+            self._status_failing_since = self._status_warned = now
+            log.warning("%s status command failed on %s (exit %s: %s); keeping the last known "
+                        "states until it answers", self.name, self.shell.label,
+                        output.returncode, output.stderr[-500:] or "no message")
+        elif now - self._status_failing_since >= self.options.status_outage_limit:
+            if now - self._status_warned >= _WARN_EVERY:
+                self._status_warned = now
+                log.warning("%s status command failing on %s for %.0f s, past "
+                            "status_outage_limit: jobs it cannot show are taken for gone",
+                            self.name, self.shell.label, now - self._status_failing_since)
+            return self.dialect.parse_status(output.status, ids)
+        elif now - self._status_warned >= _WARN_EVERY:
+            self._status_warned = now
+            log.warning("%s status command still failing on %s after %.0f s (exit %s: %s)",
+                        self.name, self.shell.label, now - self._status_failing_since,
+                        output.returncode, output.stderr[-500:] or "no message")
+        return None
+
+    async def _explain_never_runs(
+        self, handle: JobHandle, tasks: frozenset[int], verdict: dict[int, TaskStatus]
+    ) -> None:
+        """Add the scheduler's own explanation (SGE's ``error reason``) to the state of tasks
+        that can never start, where the dialect has a command for it."""
+        argv_of = getattr(self.dialect, "error_reason_argv", None)
+        if argv_of is None:
+            return
+        result = await self.shell.run(shlex.join(argv_of(handle.job_id)))
+        reason = self.dialect.parse_error_reason(result.stdout)  # type: ignore[attr-defined]
+        if not reason:
+            return
+        memory = self._tracking[handle].memory
+        for task in tasks:
+            explained = dataclasses.replace(
+                verdict[task], raw_state=f"{verdict[task].raw_state}: {reason}"[:2000]
+            )
+            verdict[task] = memory.reported[task] = explained
 
     async def _lookup_final(self, handles: list[JobHandle]) -> None:
+        """Ask accounting about jobs the live command stopped showing. Only terminal answers
+        are kept; a failed accounting command teaches nothing."""
         ids = [handle.job_id for handle in handles]
         argv = self.dialect.final_status_argv(ids)
         if argv is None:
@@ -255,12 +311,17 @@ class BatchTransport(RemoteTransport):
             for task in range(len(handle.spec.tasks)):
                 status = known.get(task) or known.get(None)
                 if status is not None and status.state.terminal:
-                    tracking.final[task] = status
+                    tracking.memory.final[task] = status
 
     # --- the rest -----------------------------------------------------------------------------
 
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
         """Cancel the job or some of its array tasks with the scheduler's own command."""
+        tracking = self._tracking.get(job) or self._finishing.get(job)
+        if tracking is not None:
+            tracking.memory.cancelled |= (
+                set(range(len(job.spec.tasks))) if tasks is None else set(tasks)
+            )
         if not job.job_id:
             return  # never submitted
         command = shlex.join(self.dialect.cancel_argv(job.job_id, tasks))
@@ -288,13 +349,33 @@ class BatchTransport(RemoteTransport):
         return [scheduler_log(job.location, job.job_id, None if single else task)]
 
     async def release(self, job: JobHandle) -> None:
-        """Forget the job and remove its directory (per ``cleanup``). Tasks the scheduler may
-        still hold (cancelled calls whose cancel is in flight) are cancelled first: nothing
-        is wanted from them, and without their directory they would fail or linger."""
+        """Forget the job; remove its directory (per ``cleanup``) once no task can be running.
+
+        Nothing is cancelled here: every outcome was read, and tasks whose calls the user
+        cancelled were cancelled when that happened. A task may well still run after its
+        last outcome (interpreter teardown, the exit-file write, COMPLETING): cancelling it
+        would record successful work as CANCELLED, and removing its directory would break
+        it. Such a job is watched by the next polls and its directory removed when the
+        scheduler says it ended; if the executor closes first, pruning removes it later."""
         tracking = self._tracking.pop(job, None)
-        if job.job_id and (tracking is None or len(tracking.ended) < len(job.spec.tasks)):
-            await self.cancel(job)
+        if (job.job_id and tracking is not None and self.options.cleanup == "on_release"
+                and not scheduler_done(len(job.spec.tasks), tracking.memory)):
+            self._finishing[job] = tracking
+            return
         await super().release(job)
+
+    async def close(self) -> None:
+        """Remove the directories of released jobs whose tasks have all ended by now (the
+        others are left to pruning), then disconnect."""
+        if self._finishing:
+            dirs = [handle.location for handle in self._finishing]
+            self._finishing.clear()
+            with anyio.move_on_after(15, shield=True):
+                try:
+                    await self.shell.run(remove_ended_command(dirs))
+                except Exception as exc:  # closing anyway; pruning covers what is left
+                    log.info("removing finished job directories failed: %r", exc)
+        await super().close()
 
 
 class SlurmTransport(BatchTransport):

@@ -81,6 +81,15 @@ class Dialect(Protocol):
         """The command that cancels the job, or only the given 0-based array tasks."""
         ...
 
+    def status_answered(self, returncode: int, stderr: str) -> bool:
+        """Whether the status command answered (even "no such job"): False when it failed
+        (controller down, timeout), so that its silence says nothing about the jobs."""
+        ...
+
+    def never_runs(self, status: TaskStatus) -> str | None:
+        """Why a pending task can never start (``BadConstraints``, ``Eqw``...), or None."""
+        ...
+
 
 def render_script(dialect: Dialect, request: ScriptRequest) -> str:
     """The whole job script: header, then a body shared by every scheduler.
@@ -99,6 +108,9 @@ def render_script(dialect: Dialect, request: ScriptRequest) -> str:
         f"RF_JOB_DIR={job_dir}",
         f"RF_TASK={dialect.task_index_expr}",
         f"exec >{stdout} 2>{stderr}",
+        # A requeued task (node failure, preemption) starts again: no exit file of an
+        # earlier run may speak for this one.
+        f"rm -f {exit_file}",
         f": >{started}",
         *request.resources.job_script_prologue,
         f'{request.worker_command} --task "$RF_TASK"',

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from ..errors import SubmissionError
 from ..jobs import TaskState, TaskStatus
-from ._dialect_util import expand_indices, safe_job_name, split_exit_status
+from ._dialect_util import expand_indices, safe_job_name, split_exit_status, status_answered
 from .dialect import ParsedStatuses, ScriptRequest
 
 __all__ = [
@@ -59,6 +59,9 @@ _LIVE_STATES: dict[str, TaskState] = {
     "B": TaskState.RUNNING,  # array begun: some subjobs started (PBS Pro)
 }
 _TERMINAL_STATES = frozenset("CFX")
+#: qstat's exit status for an unknown job id: PBSE_UNKJOBID (15001) modulo 256 on Torque and
+#: the wrappers; 35 on PBS Pro.
+_UNKNOWN_JOB_CODES = frozenset({153, 35})
 
 #: PBS Pro's own JOB_EXEC_* codes that name a cause (openpbs src/include/job.h).
 _PBSPRO_EXEC_CODES: dict[int, TaskState] = {
@@ -181,6 +184,16 @@ class _PBSBase:
         if not lines or not _JOB_ID.match(lines[-1]):
             raise SubmissionError(f"qsub printed no job id: {stdout.strip()!r}")
         return lines[-1]
+
+    def status_answered(self, returncode: int, stderr: str) -> bool:
+        """qstat exits non-zero when some id is unknown (Torque and the wrappers: 153 with
+        nothing or ``Unknown Job Id`` on stderr; PBS Pro: ``Unknown Job Id``) and still prints
+        the others: an answer. ``cannot connect to server`` is not."""
+        return status_answered(returncode, stderr, unknown_codes=_UNKNOWN_JOB_CODES)
+
+    def never_runs(self, status: TaskStatus) -> str | None:
+        """None: a held or queued PBS job may always be released or started later."""
+        return None
 
     def _map_ids(self, job_ids: Sequence[str]) -> dict[str, str]:
         """Sequence number -> the job id as the caller knows it, so that ``123.server``,

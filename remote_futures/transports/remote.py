@@ -22,12 +22,21 @@ from typing import Any, Literal
 from .. import worker
 from ..envsync import EnvSpec, SyncResult, env_spec_from_option, sync_environment
 from ..errors import ConfigurationError, TransportError
-from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
+from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from ..shell import CommandResult, LocalShell, Shell
 from .base import Transport
 
 __all__ = [
-    "Listing", "RemoteOptions", "RemoteTransport", "check_work_dir", "work_dir_check_command",
+    "Listing",
+    "PollOutput",
+    "RemoteOptions",
+    "RemoteTransport",
+    "check_work_dir",
+    "prune_command",
+    "remove_ended_command",
+    "resolve_work_dir",
+    "split_poll_output",
+    "work_dir_check_command",
 ]
 
 log = logging.getLogger("remote_futures")
@@ -36,6 +45,10 @@ _OUTCOME = re.compile(r"call-(\d+)\.out$")
 _OUTPUT = re.compile(r"task-(\d+)\.(stdout|stderr)$")
 _STARTED = re.compile(r"task-(\d+)\.started$")
 _EXIT = re.compile(r"task-(\d+)\.exit:(-?\d+)$")
+#: Separates a poll's status output from its listing of job directories.
+_MARK = "@@remote_futures-listing@@"
+#: Precedes the status command's exit status (its stderr follows) in a poll's output.
+_RC = "@@rc="
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +213,69 @@ def exit_status(code: int) -> TaskStatus:
     return TaskStatus(TaskState.FAILED, exit_code=code, signal=signal)
 
 
+@dataclasses.dataclass(frozen=True)
+class PollOutput:
+    """The parts of :meth:`RemoteTransport.status_and_listing_command`'s output."""
+
+    status: str
+    #: The status command's exit status; None when the output was cut short (no answer).
+    returncode: int | None
+    stderr: str
+    listing: str
+
+
+def split_poll_output(text: str) -> PollOutput:
+    """Take apart the output of :meth:`RemoteTransport.status_and_listing_command`."""
+    head, _, listing = text.partition(_MARK)
+    status, found, rest = head.rpartition(_RC)
+    if not found:
+        return PollOutput(head, None, "", listing)
+    code, _, stderr = rest.partition("\n")
+    try:
+        returncode: int | None = int(code.strip())
+    except ValueError:
+        returncode = None
+    return PollOutput(status, returncode, stderr.strip(), listing)
+
+
+def resolve_work_dir(option: str | None, home: str) -> str:
+    """The absolute work directory: ``~`` and relative paths are taken from the remote home
+    (job scripts run in other directories, so a relative path would point elsewhere)."""
+    work = option or "~/.remote_futures"
+    if work == "~" or work.startswith("~/"):
+        work = posixpath.join(home, work[2:])
+    elif not posixpath.isabs(work):
+        work = posixpath.join(home, work)
+    return posixpath.normpath(work)
+
+
+def prune_command(jobs_dir: str, keep_days: float) -> str:
+    """Remove job directories older than ``keep_days`` whose every task has ended (an exit
+    file, or a cancel marker). A directory's age says nothing about its job: a job may pend
+    or run for weeks with its directory untouched, so age alone never deletes one."""
+    minutes = int(keep_days * 24 * 60)
+    return (
+        f"find {shlex.quote(jobs_dir)} -mindepth 1 -maxdepth 1 -type d -name 'rf-*' "
+        f"-mmin +{minutes} -exec sh -c {shlex.quote(_REMOVE_ENDED)} sh {{}} + 2>/dev/null; true"
+    )
+
+
+def remove_ended_command(job_dirs: Sequence[str]) -> str:
+    """Remove those of ``job_dirs`` whose every task has an exit file or a cancel marker."""
+    quoted = " ".join(shlex.quote(d) for d in job_dirs)
+    return f"sh -c {shlex.quote(_REMOVE_ENDED)} sh {quoted} 2>/dev/null; true"
+
+
+#: ``sh -c`` script: remove each directory argument whose every task (``task-<i>.in``) has
+#: ended: an exit file, or a cancel marker.
+_REMOVE_ENDED = (
+    'for d in "$@"; do ended=1; '
+    'for f in "$d"/task-*.in; do [ -e "$f" ] || continue; t=${f%.in}; '
+    '[ -e "$t.exit" ] || [ -e "$t.cancel" ] || { ended=0; break; }; done; '
+    '[ "$ended" = 1 ] && rm -rf "$d"; done; true'
+)
+
+
 class RemoteTransport(Transport):
     """Base of transports whose jobs live in directories reached through a shell."""
 
@@ -225,24 +301,12 @@ class RemoteTransport(Transport):
         create the jobs directory, prune old job directories."""
         await self.shell.open()
         home = await self.shell.home()
-        work = self.options.work_dir or "~/.remote_futures"
-        if work == "~" or work.startswith("~/"):
-            work = posixpath.join(home, work[2:])
-        elif not work.startswith("/"):
-            # Relative to the home directory, where every command starts; made absolute so
-            # that a job script that changed directory still finds its files.
-            work = posixpath.join(home, work)
-        self.work_dir = work.rstrip("/") or "/"
+        self.work_dir = resolve_work_dir(self.options.work_dir, home)
         checked = await self.shell.run(work_dir_check_command(self.work_dir))
         check_work_dir(checked.stdout, self.work_dir, self.shell.label, checked)
         jobs = self.jobs_dir  # created by the check, once the work directory passed it
-        minutes = int(self.options.keep_days * 24 * 60)
-        # Directories of jobs whose client went away; bounded by age, never by name guessing.
-        prune = (
-            f"find {shlex.quote(jobs)} -mindepth 1 -maxdepth 1 -type d -name 'rf-*' "
-            f"-mmin +{minutes} -exec rm -rf {{}} + 2>/dev/null; true"
-        )
-        await self.shell.run(prune)
+        # Directories of jobs whose client went away, once all their tasks have ended.
+        await self.shell.run(prune_command(jobs, self.options.keep_days))
 
     async def close(self) -> None:
         """Disconnect."""
@@ -306,14 +370,35 @@ class RemoteTransport(Transport):
 
     @staticmethod
     def listing_command(job_dirs: Sequence[str]) -> str:
-        """One command listing outcome files and exit codes of many job directories."""
+        """One command listing exit codes, then outcome files, of many job directories.
+
+        Exit files come first: a task writes its outcomes before its exit file, so every
+        outcome of a task whose exit file is listed is listed too (the other order misses
+        outcomes written between the two reads). ``find -exec ... +`` keeps the command
+        line short however many tasks a job has."""
         if not job_dirs:
             return "true"
         quoted = " ".join(shlex.quote(d) for d in job_dirs)
-        exits = " ".join(f"{shlex.quote(d)}/task-*.exit" for d in job_dirs)
         return (
+            f"find {quoted} -maxdepth 1 -name 'task-*.exit' -exec grep -sH '' {{}} + "
+            f"2>/dev/null; "
             f"find {quoted} -maxdepth 1 \\( -name 'call-*.out' -o -name 'task-*.started'"
-            f" -o -name 'task-*.std*' -size +0 \\) 2>/dev/null; grep -sH '' {exits}; true"
+            f" -o -name 'task-*.std*' -size +0 \\) 2>/dev/null; true"
+        )
+
+    @staticmethod
+    def status_and_listing_command(status_command: str, job_dirs: Sequence[str]) -> str:
+        """A status command and the listing of ``job_dirs``, as one command whose output
+        :func:`split_poll_output` takes apart: the status command's stdout, its exit status
+        and stderr (a failed status command must read as "unknown", not as "no jobs"), then
+        the listing."""
+        capture = (
+            f"rf_err=$( {{ {status_command}; rf_rc=$?; echo; echo \"{_RC}$rf_rc\"; }} "
+            f"2>&1 1>&3 3>&- )"
+        )
+        return (
+            f"{{ {capture}; printf '%s\\n' \"$rf_err\"; }} 3>&1; echo {_MARK}; "
+            f"{RemoteTransport.listing_command(job_dirs)}"
         )
 
     @staticmethod
@@ -344,6 +429,30 @@ class RemoteTransport(Transport):
                 directory = posixpath.dirname(line.rsplit(":", 1)[0])
                 exits.setdefault(directory, {})[int(match.group(1))] = int(match.group(2))
         return Listing(outcomes, exits, outputs, started)
+
+    async def report(
+        self,
+        tasks: Mapping[JobHandle, Mapping[int, TaskStatus]],
+        ended: Mapping[JobHandle, set[int]],
+        listing: Listing,
+    ) -> dict[JobHandle, JobStatus]:
+        """What every poll ends with: each job's status with its ready outcomes, and the
+        output of tasks reported terminal for the first time forwarded. ``ended`` holds, per
+        job, the tasks already seen terminal; it is updated."""
+        statuses: dict[JobHandle, JobStatus] = {}
+        newly: dict[JobHandle, set[int]] = {}
+        for handle, states in tasks.items():
+            seen = ended[handle]
+            for task, status in states.items():
+                if status.state.terminal and task not in seen:
+                    seen.add(task)
+                    newly.setdefault(handle, set()).add(task)
+            statuses[handle] = JobStatus(
+                dict(states), frozenset(listing.outcomes.get(handle.location, set()))
+            )
+        if newly:
+            await self.forward_output(newly, listing)
+        return statuses
 
     async def forward_output(self, ended: Mapping[JobHandle, set[int]], listing: Listing) -> None:
         """Copy the output of tasks that just ended to this process's stdout and stderr."""

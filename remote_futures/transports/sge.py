@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 
 from ..errors import SubmissionError
 from ..jobs import TaskState, TaskStatus
-from ._dialect_util import expand_indices, safe_job_name
+from ._dialect_util import expand_indices, safe_job_name, status_answered
 from .dialect import ParsedStatuses, ScriptRequest
 
 __all__ = ["SGEDialect", "sge_state"]
@@ -39,12 +39,13 @@ _SIGKILL_STATUS = 137  # 128 + SIGKILL
 def sge_state(state: str) -> TaskState:
     """Map a ``qstat`` state string (``qw``, ``hqw``, ``r``, ``t``, ``Rr``, ``dr``, ``Eqw``...).
 
-    The letters combine: E (error: the job will not run until an operator clears it) wins,
-    then d (being deleted), then the running family (r, t, s, S, T), then the pending one
-    (q, w, h). z (zombie, only with ``qstat -s z``) is a finished job.
+    The letters combine: E (error: the job will not start until an operator clears it, see
+    :meth:`SGEDialect.never_runs`) is pending, then d (being deleted), then the running family
+    (r, t, s, S, T), then the pending one (q, w, h). z (zombie, only with ``qstat -s z``) is a
+    finished job.
     """
     if "E" in state:
-        return TaskState.FAILED
+        return TaskState.PENDING
     if "d" in state:
         return TaskState.CANCELLED
     if any(letter in state for letter in "rtsST"):
@@ -148,7 +149,7 @@ class SGEDialect:
     def parse_status(self, stdout: str, job_ids: Sequence[str]) -> ParsedStatuses:
         """Parse ``qstat -xml``. A running task is one ``job_list`` with ``<tasks>3</tasks>``;
         pending ones share one with a range (``<tasks>4-5:1</tasks>``); a plain job has no
-        ``tasks`` and gets key None. Error states (``Eqw``) are FAILED, raw state kept."""
+        ``tasks`` and gets key None. Error states (``Eqw``) are PENDING, raw state kept."""
         wanted = {job_id.split(".", 1)[0]: job_id for job_id in job_ids}
         result: ParsedStatuses = {}
         for number, raw, spec in _qstat_job_lists(stdout):
@@ -189,6 +190,30 @@ class SGEDialect:
             key = int(taskid) - 1 if taskid.isdigit() else None
             result.setdefault(wanted[number], {})[key] = _qacct_status(record)
         return result
+
+    def status_answered(self, returncode: int, stderr: str) -> bool:
+        """``qstat -xml`` lists all of the user's jobs and exits 0; anything else (``error:
+        commlib error``, qmaster down) is a failure."""
+        return status_answered(returncode, stderr)
+
+    def never_runs(self, status: TaskStatus) -> str | None:
+        """An ``E`` state (``Eqw``): the job failed to start and stays queued until an operator
+        clears it (``qmod -cj``); ``qstat -j ID`` shows the error reason."""
+        if "E" in status.raw_state:
+            return f"{status.raw_state}: Grid Engine put the job in error state (see qstat -j)"
+        return None
+
+    def error_reason_argv(self, job_id: str) -> list[str]:
+        """``qstat -j ID``: its ``error reason`` lines say why a job is in error state."""
+        return ["qstat", "-j", job_id]
+
+    def parse_error_reason(self, stdout: str) -> str:
+        """The ``error reason`` lines of ``qstat -j`` output, joined (empty if none)."""
+        reasons = [
+            line.split(":", 1)[1].strip() for line in stdout.splitlines()
+            if line.startswith("error reason") and ":" in line
+        ]
+        return "; ".join(reasons)
 
     def cancel_argv(self, job_id: str, tasks: Sequence[int] | None = None) -> list[str]:
         """``qdel 123``, or ``qdel 123 -t 5`` per task (1-based task ids)."""

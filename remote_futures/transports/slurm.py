@@ -15,10 +15,17 @@ from collections.abc import Sequence
 
 from ..errors import SubmissionError
 from ..jobs import TaskState, TaskStatus
-from ._dialect_util import expand_indices, safe_job_name
+from ._dialect_util import expand_indices, safe_job_name, status_answered
 from .dialect import ParsedStatuses, ScriptRequest
 
-__all__ = ["SLURM_STATES", "SlurmDialect", "parse_max_array_size", "slurm_state"]
+__all__ = [
+    "NEVER_RUNS_REASONS",
+    "SLURM_STATES",
+    "SlurmDialect",
+    "parse_max_array_size",
+    "pending_reason",
+    "slurm_state",
+]
 
 #: Slurm's job state words (``squeue %T``, ``sacct State``) -> normalized state. States in
 #: which the job can still run again (suspended, requeued, completing...) are not terminal.
@@ -54,8 +61,20 @@ SLURM_STATES: dict[str, TaskState] = {
 #: ``123``, ``123_4``, ``123_[5-9%2]``; anything after is a step (``123.batch``) or a
 #: heterogeneous component (``123+0``) and is not ours to report.
 _JOB_ID = re.compile(r"^(?P<job>\d+)(?:_(?P<task>\d+|\[[^\]]*\]))?$")
-_SUBMITTED = re.compile(r"^(\d+)(?:;\S+)?$")
+_SUBMITTED = re.compile(r"^(\d+(?:;\S+)?)$")
 _MAX_ARRAY_SIZE = re.compile(r"^\s*MaxArraySize\s*=\s*(\d+)", re.MULTILINE)
+#: Pending reasons (``squeue %r``) that never clear by themselves: the job would pend for ever.
+NEVER_RUNS_REASONS = frozenset({
+    "BadConstraints",
+    "PartitionConfig",
+    "DependencyNeverSatisfied",
+    "JobHeldAdmin",
+    "launch failed requeued held",
+    "InvalidAccount",
+    "InvalidQOS",
+})
+#: Pending reasons that say nothing worth logging.
+_QUIET_REASONS = frozenset({"", "None"})
 #: Slurm's default ``MaxArraySize`` (slurm.conf(5)).
 DEFAULT_MAX_ARRAY_SIZE = 1001
 
@@ -102,9 +121,10 @@ class SlurmDialect:
     def scheduler_log(self, job_dir: str, job_id: str, task: int | None = None) -> str:
         """Where Slurm writes its own messages for one task (``CANCELLED ... DUE TO TIME
         LIMIT``, out-of-memory kills): the ``--output`` of the job header, expanded."""
+        number = job_id.partition(";")[0]
         if task is None:
-            return f"{job_dir}/scheduler-{job_id}.log"
-        return f"{job_dir}/scheduler-{job_id}_{task}.log"
+            return f"{job_dir}/scheduler-{number}.log"
+        return f"{job_dir}/scheduler-{number}_{task}.log"
 
     def header(self, request: ScriptRequest) -> list[str]:
         """``#SBATCH`` lines. sbatch splits directive lines with shell-like quoting, so values
@@ -149,7 +169,8 @@ class SlurmDialect:
 
     def parse_submit(self, stdout: str) -> str:
         """The job id from ``sbatch --parsable``: ``123``, or ``123;cluster`` on a
-        multi-cluster setup. Raises :class:`SubmissionError` on anything else."""
+        multi-cluster setup (the cluster is kept: every later command needs ``-M``). Raises
+        :class:`SubmissionError` on anything else."""
         lines = [line.strip() for line in stdout.splitlines() if line.strip()]
         match = _SUBMITTED.match(lines[-1]) if lines else None
         if not match:
@@ -158,18 +179,23 @@ class SlurmDialect:
 
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         """One ``squeue`` for all jobs: every array task on its own line (``-r``), finished
-        jobs included (``-t all``), as ``id|STATE|reason``."""
-        return ["squeue", "-h", "-r", "-t", "all", "-j", ",".join(job_ids), "-o", "%i|%T|%r"]
+        jobs included (``-t all``), as ``id|STATE|reason``; ``-M`` names the clusters of
+        ``123;cluster`` ids."""
+        numbers, clusters = _split_ids(job_ids)
+        return ["squeue", *clusters, "-h", "-r", "-t", "all", "-j", ",".join(numbers),
+                "-o", "%i|%T|%r"]
 
     def parse_status(self, stdout: str, job_ids: Sequence[str]) -> ParsedStatuses:
         """Parse :meth:`status_argv` output: ``123`` (plain job, key None), ``123_4`` (array
-        task 4), ``123_[5-9%2]`` (a pending range, expanded to one entry per task)."""
+        task 4), ``123_[5-9%2]`` (a pending range, expanded to one entry per task). A pending
+        task's reason is kept in its raw state: ``PENDING (Resources)``."""
         return _parse_rows(stdout, job_ids, with_exit_code=False)
 
     def final_status_argv(self, job_ids: Sequence[str]) -> list[str] | None:
         """``sacct`` for the jobs themselves (``-X``: no steps), one array task per line."""
-        ids = ",".join(job_ids)
-        return ["sacct", "-X", "-P", "-n", "-j", ids, "--format=JobID,State,ExitCode"]
+        numbers, clusters = _split_ids(job_ids)
+        return ["sacct", *clusters, "-X", "-P", "-n", "-j", ",".join(numbers),
+                "--format=JobID,State,ExitCode"]
 
     def parse_final_status(self, stdout: str, job_ids: Sequence[str]) -> ParsedStatuses:
         """Parse :meth:`final_status_argv` output, with exit codes (``3:0`` -> exit code 3,
@@ -177,10 +203,43 @@ class SlurmDialect:
         return _parse_rows(stdout, job_ids, with_exit_code=True)
 
     def cancel_argv(self, job_id: str, tasks: Sequence[int] | None = None) -> list[str]:
-        """``scancel 123``, or ``scancel 123_4 123_7`` for some array tasks."""
+        """``scancel 123``, or ``scancel 123_4 123_7`` for some array tasks (``-M cluster``
+        for a ``123;cluster`` id)."""
+        number, _, cluster = job_id.partition(";")
+        where = ["-M", cluster] if cluster else []
         if tasks is None:
-            return ["scancel", job_id]
-        return ["scancel", *(f"{job_id}_{task}" for task in tasks)]
+            return ["scancel", *where, number]
+        return ["scancel", *where, *(f"{number}_{task}" for task in tasks)]
+
+    def status_answered(self, returncode: int, stderr: str) -> bool:
+        """squeue exits 1 with ``Invalid job id specified`` when it knows none of the ids
+        (an answer); any other failure (``Unable to contact slurm controller``) is not."""
+        return status_answered(returncode, stderr)
+
+    def never_runs(self, status: TaskStatus) -> str | None:
+        """The pending reason, if it is one that never clears (:data:`NEVER_RUNS_REASONS`)."""
+        reason = pending_reason(status)
+        return status.raw_state if reason in NEVER_RUNS_REASONS else None
+
+
+def pending_reason(status: TaskStatus) -> str:
+    """The reason of a ``PENDING (reason)`` raw state; empty if there is none."""
+    raw = status.raw_state
+    if raw.endswith(")") and " (" in raw:
+        return raw[raw.index(" (") + 2 : -1]
+    return ""
+
+
+def _split_ids(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Job numbers, and the ``-M`` option for the clusters of ``123;cluster`` ids."""
+    numbers: list[str] = []
+    clusters: list[str] = []
+    for job_id in job_ids:
+        number, _, cluster = job_id.partition(";")
+        numbers.append(number)
+        if cluster and cluster not in clusters:
+            clusters.append(cluster)
+    return numbers, (["-M", ",".join(clusters)] if clusters else [])
 
 
 def _slurm_time(seconds: int) -> str:
@@ -192,7 +251,8 @@ def _slurm_time(seconds: int) -> str:
 
 
 def _parse_rows(stdout: str, job_ids: Sequence[str], *, with_exit_code: bool) -> ParsedStatuses:
-    wanted = set(job_ids)
+    # Output names the job by number; results are keyed by the id as the caller knows it.
+    wanted = {job_id.partition(";")[0]: job_id for job_id in job_ids}
     result: ParsedStatuses = {}
     # Columns of the dialect's own commands (no header); a header line, as sacct prints
     # without -n, names them instead, so that output of a hand-run sacct parses too.
@@ -211,14 +271,20 @@ def _parse_rows(stdout: str, job_ids: Sequence[str], *, with_exit_code: bool) ->
         match = _JOB_ID.match(fields[0])
         if not match or match.group("job") not in wanted or len(fields) <= state_col:
             continue
-        job = match.group("job")
+        job = wanted[match.group("job")]
         state_word = fields[state_col]
         exit_code, signal = (
             _exit_code(fields[exit_col])
             if exit_col is not None and exit_col < len(fields)
             else (None, None)
         )
-        status = TaskStatus(slurm_state(state_word), state_word, exit_code, signal)
+        state = slurm_state(state_word)
+        raw = state_word
+        if state is TaskState.PENDING and not with_exit_code and state_col + 1 < len(fields):
+            reason = fields[state_col + 1]
+            if reason not in _QUIET_REASONS:
+                raw = f"{state_word} ({reason})"
+        status = TaskStatus(state, raw, exit_code, signal)
         tasks = result.setdefault(job, {})
         task = match.group("task")
         if task is None:

@@ -17,12 +17,9 @@ from typing import Any, ClassVar
 from .. import worker
 from ..errors import ConfigurationError, SubmissionError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
-from .remote import RemoteOptions, RemoteTransport, exit_status
+from .remote import RemoteOptions, RemoteTransport, exit_status, split_poll_output
 
 __all__ = ["SSHHostOptions", "SSHHostTransport"]
-
-_MARK = "@@remote_futures-listing@@"
-
 
 @dataclasses.dataclass(frozen=True)
 class SSHHostOptions(RemoteOptions):
@@ -113,14 +110,14 @@ class SSHHostTransport(RemoteTransport):
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
         """``ps`` for the tasks' processes and the listing of the job directories, in one go."""
         pids = sorted({pid for h in jobs if h in self._jobs for pid in self._jobs[h].pids.values()})
-        ps = f"ps -o pid= -p {','.join(map(str, pids))} 2>/dev/null; " if pids else ""
-        command = f"{ps}echo {_MARK}; {self.listing_command([h.location for h in jobs])}"
-        result = await self.shell.run(command)
-        alive_text, _, listing_text = result.stdout.partition(_MARK)
-        alive = {int(word) for word in alive_text.split() if word.isdigit()}
-        listing = self.parse_listing(listing_text)
-        statuses: dict[JobHandle, JobStatus] = {}
-        newly_ended: dict[JobHandle, set[int]] = {}
+        ps = f"ps -o pid= -p {','.join(map(str, pids))}" if pids else "true"
+        result = await self.shell.run(
+            self.status_and_listing_command(ps, [h.location for h in jobs])
+        )
+        output = split_poll_output(result.stdout)
+        alive = {int(word) for word in output.status.split() if word.isdigit()}
+        listing = self.parse_listing(output.listing)
+        states: dict[JobHandle, dict[int, TaskStatus]] = {}
         for handle in jobs:
             job = self._jobs.get(handle)
             if job is None:
@@ -138,16 +135,9 @@ class SSHHostTransport(RemoteTransport):
                     )
                 else:
                     status = TaskStatus(TaskState.PENDING)
-                if status.state.terminal and task not in job.ended:
-                    job.ended.add(task)
-                    newly_ended.setdefault(handle, set()).add(task)
                 tasks[task] = status
-            statuses[handle] = JobStatus(
-                tasks, frozenset(listing.outcomes.get(handle.location, set()))
-            )
-        if newly_ended:
-            await self.forward_output(newly_ended, listing)
-        return statuses
+            states[handle] = tasks
+        return await self.report(states, {h: self._jobs[h].ended for h in states}, listing)
 
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
         """Kill the process groups of the tasks."""

@@ -155,3 +155,88 @@ def test_ssh_connection_killed_mid_map(
 def test_map_splits_into_one_array_job(remote_executor: Callable[..., RemoteExecutor]) -> None:
     ex = remote_executor("slurm", max_workers=2)
     assert list(ex.map(square, range(50))) == [x * x for x in range(50)]
+
+
+def job_id_slow_exit() -> str:
+    """The Slurm job id of this call; the interpreter then takes 2 s to exit (torch, CUDA or
+    MPI teardown)."""
+    import atexit
+
+    atexit.register(time.sleep, 2)
+    return os.environ["SLURM_JOB_ID"]
+
+
+def _slurm_state(job_id: str) -> str:
+    facts = require_testbed("slurm")
+    done = _as_user(facts.slurm_user, f"sacct -X -P -n -j {job_id} --format=State")
+    return done.stdout.strip()
+
+
+def test_slow_teardown_is_not_cancelled(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    """The result is read while the task still tears down: the job must end COMPLETED in
+    Slurm's accounting, not CANCELLED by a clean-up scancel."""
+    facts = require_testbed("slurm")
+    if not facts.slurm_accounting:
+        pytest.skip("needs sacct (slurmdbd)")
+    ex = remote_executor("slurm")
+    job_id = ex.submit(job_id_slow_exit).result(timeout=120)
+    deadline = time.monotonic() + 90
+    while (state := _slurm_state(job_id)) in ("", "PENDING", "RUNNING", "COMPLETING"):
+        assert time.monotonic() < deadline, state
+        time.sleep(1)
+    assert state == "COMPLETED"
+
+
+def test_relative_work_dir(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    """A work_dir relative to the remote home works (job scripts run elsewhere: the path
+    must be made absolute)."""
+    ex = remote_executor("slurm", work_dir="rf-relative-work-dir")
+    assert ex.submit(square, 3).result(timeout=120) == 9
+    assert list(ex.map(square, range(3))) == [0, 1, 4]
+
+
+def test_dependency_never_satisfied_fails_with_the_reason(
+    remote_executor: Callable[..., RemoteExecutor],
+) -> None:
+    """A job pending on DependencyNeverSatisfied never runs: after never_runs_grace its call
+    fails naming the reason, and the job is cancelled instead of pending for ever."""
+    facts = require_testbed("slurm")
+    failed = _as_user(facts.slurm_user, "sbatch --parsable -o /dev/null --wrap false")
+    assert failed.returncode == 0, failed.stderr
+    parent = failed.stdout.strip()
+    deadline = time.monotonic() + 60
+    while "FAILED" not in _as_user(facts.slurm_user, f"squeue -h -j {parent} -t all -o %T").stdout:
+        assert time.monotonic() < deadline, "the parent job never failed"
+        time.sleep(1)
+    ex = remote_executor(
+        "slurm", never_runs_grace=3.0,
+        resources=Resources(job_extra_directives=(f"--dependency=afterok:{parent}",)),
+    )
+    with pytest.raises(JobFailedError) as caught:
+        ex.submit(square, 2).result(timeout=120)
+    assert "DependencyNeverSatisfied" in str(caught.value)
+    job_id = caught.value.job_id
+    deadline = time.monotonic() + 60
+    while "CANCELLED" not in _as_user(facts.slurm_user,
+                                      f"squeue -h -j {job_id} -t all -o %T").stdout:
+        assert time.monotonic() < deadline, "the job was left pending"
+        time.sleep(1)
+
+
+def test_sge_error_state_is_deleted(remote_executor: Callable[..., RemoteExecutor]) -> None:
+    """A job Grid Engine puts in error state (Eqw: here its output file cannot be opened)
+    stays queued for ever: its call fails naming the state, and the job is qdel'ed."""
+    facts = require_testbed("sge")
+    ex = remote_executor(
+        "sge", never_runs_grace=3.0,
+        resources=Resources(job_extra_directives=("-o /nonexistent/dir/out",)),
+    )
+    with pytest.raises(JobFailedError) as caught:
+        ex.submit(square, 2).result(timeout=120)
+    assert "Eqw" in str(caught.value)
+    assert "can't open output file" in str(caught.value)  # SGE's own error reason
+    job_id = caught.value.job_id
+    deadline = time.monotonic() + 60
+    while _as_user(facts.sge_user, f"qstat -j {job_id}").returncode == 0:
+        assert time.monotonic() < deadline, "the job was left in the queue"
+        time.sleep(1)

@@ -201,8 +201,8 @@ def test_parse_status_filters_other_jobs() -> None:
         ("S", TaskState.RUNNING),
         ("dr", TaskState.CANCELLED),
         ("dt", TaskState.CANCELLED),
-        ("Eqw", TaskState.FAILED),
-        ("Ehqw", TaskState.FAILED),
+        ("Eqw", TaskState.PENDING),
+        ("Ehqw", TaskState.PENDING),
         ("z", TaskState.COMPLETED),
     ],
 )
@@ -215,7 +215,19 @@ def test_error_state_keeps_raw_word() -> None:
         "<?xml version='1.0'?><job_info><queue_info/><job_info><job_list state=\"pending\">"
         "<JB_job_number>5</JB_job_number><state>Eqw</state></job_list></job_info></job_info>"
     )
-    assert D.parse_status(xml, ["5"]) == {"5": {None: TaskStatus(TaskState.FAILED, "Eqw")}}
+    parsed = D.parse_status(xml, ["5"])
+    assert parsed == {"5": {None: TaskStatus(TaskState.PENDING, "Eqw")}}
+    # Pending, but it never starts by itself: the transport deletes it after a grace period.
+    reason = D.never_runs(parsed["5"][None])
+    assert reason is not None and reason.startswith("Eqw")
+    assert D.never_runs(TaskStatus(TaskState.PENDING, "qw")) is None
+    assert D.never_runs(TaskStatus(TaskState.PENDING, "hqw")) is None
+
+
+def test_status_answered_only_when_qstat_worked() -> None:
+    assert D.status_answered(0, "")
+    assert not D.status_answered(1, "error: commlib error: got select error (Connection refused)")
+    assert not D.status_answered(1, "")
 
 
 # -- final state (qacct) --------------------------------------------------------------------

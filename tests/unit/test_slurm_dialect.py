@@ -123,7 +123,24 @@ def test_parse_submit_recorded_testbed_output() -> None:
 def test_parse_submit_multi_cluster_form() -> None:
     # sbatch(1): "--parsable: job id number and the cluster name if present, separated
     # by a semicolon".
-    assert D.parse_submit("1234;cluster-a\n") == "1234"
+    assert D.parse_submit("1234;cluster-a\n") == "1234;cluster-a"
+
+
+def test_cluster_ids_keep_their_cluster_in_every_command() -> None:
+    # Without -M, squeue/sacct/scancel would address the default cluster: the wrong job, or
+    # another job of the user with the same number.
+    assert D.status_argv(["12;east", "13"]) == [
+        "squeue", "-M", "east", "-h", "-r", "-t", "all", "-j", "12,13", "-o", "%i|%T|%r",
+    ]  # fmt: skip
+    assert D.status_argv(["12;east", "13;west"])[1:3] == ["-M", "east,west"]
+    argv = D.final_status_argv(["12;east"])
+    assert argv is not None and argv[:3] == ["sacct", "-M", "east"] and "12" in argv
+    assert D.cancel_argv("12;east") == ["scancel", "-M", "east", "12"]
+    assert D.cancel_argv("12;east", [1, 3]) == ["scancel", "-M", "east", "12_1", "12_3"]
+    # squeue -M prints a CLUSTER header, then the job by number; the result keeps the id.
+    parsed = D.parse_status("CLUSTER: east\n12_1|RUNNING|None\n", ["12;east"])
+    assert parsed == {"12;east": {1: TaskStatus(TaskState.RUNNING, "RUNNING")}}
+    assert D.scheduler_log("/d", "12;east", 1) == "/d/scheduler-12_1.log"
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@
 RF_JOB_DIR=/scratch/rf/jobs/0a1b
 RF_TASK=$(case "${SGE_TASK_ID:-undefined}" in (undefined) echo 0 ;; (*) echo $((SGE_TASK_ID - 1)) ;; esac)
 exec >"$RF_JOB_DIR"/task-$RF_TASK.stdout 2>"$RF_JOB_DIR"/task-$RF_TASK.stderr
+rm -f "$RF_JOB_DIR"/task-$RF_TASK.exit
 : >"$RF_JOB_DIR"/task-$RF_TASK.started
 python3 /scratch/rf/worker.py /scratch/rf/jobs/0a1b --task "$RF_TASK"
 rf_rc=$?
