@@ -389,12 +389,14 @@ class EC2Transport(Transport):
             raise ConfigurationError(
                 "no AWS region: pass region='us-east-1' (or set AWS_DEFAULT_REGION)"
             )
-        if self.options.endpoint_url is None:
-            known = self._session.get_available_regions("ec2")
-            if known and self.region not in known:
-                raise ConfigurationError(
-                    f"unknown AWS region {self.region!r}; EC2 regions: {', '.join(known)}"
-                )
+        # Checked with an emulator too: every endpoint serves only real region names.
+        known = self._session.get_available_regions("ec2")
+        if inspect.isawaitable(known):
+            known = await known
+        if known and self.region not in known:
+            raise ConfigurationError(
+                f"unknown AWS region {self.region!r}; EC2 regions: {', '.join(known)}"
+            )
         credentials = self._session.get_credentials()
         if inspect.isawaitable(credentials):
             credentials = await credentials
@@ -410,6 +412,7 @@ class EC2Transport(Transport):
             )
         )
         image = await self._image()
+        root_device, root_size = await self._root_volume(image)
         public_key = self._client_key()
         groups = self.options.security_group_ids or [await self._create_security_group()]
         tags = session_tags(
@@ -434,16 +437,27 @@ class EC2Transport(Transport):
             key_name=self.options.key_name,
             spot=self.options.spot,
             spot_max_price=self.options.spot_max_price,
-            volume_size_gb=self.options.volume_size_gb,
+            volume_size_gb=self.options.volume_size_gb or root_size,
+            root_device_name=root_device,
         )
         records = await self._launch(plan)
         for record in records:
             self.instances[record["InstanceId"]] = _Instance(record["InstanceId"], record)
         log.info("%s: launched %s", self.describe, ", ".join(self.instances))
         await self._wait_running()
+        errors: list[BaseException] = []
+
+        async def connect(instance: _Instance) -> None:
+            try:
+                await self._connect(instance)
+            except Exception as exc:
+                errors.append(exc)
+
         async with anyio.create_task_group() as tg:
             for instance in self.instances.values():
-                tg.start_soon(self._connect, instance)
+                tg.start_soon(connect, instance)
+        if errors:
+            raise errors[0]
 
     async def prepare(self) -> None:
         """Upload the worker and sync the environment on every instance, in parallel."""
@@ -558,6 +572,21 @@ class EC2Transport(Transport):
             except Exception as exc:
                 raise self._api_error(exc, f"reading the SSM parameter {parameter}") from exc
         return str(found["Parameter"]["Value"])
+
+    async def _root_volume(self, image: str) -> tuple[str, int | None]:
+        """The image's root device and size, to mark that volume DeleteOnTermination."""
+        try:
+            described = await self._client.describe_images(ImageIds=[image])
+        except Exception as exc:
+            raise self._api_error(exc, f"looking up image {image}") from exc
+        if not described["Images"]:
+            raise ConfigurationError(f"image {image} does not exist in {self.region}")
+        found = described["Images"][0]
+        root = str(found.get("RootDeviceName") or "/dev/xvda")
+        for mapping in found.get("BlockDeviceMappings", []):
+            if mapping.get("DeviceName") == root and "VolumeSize" in mapping.get("Ebs", {}):
+                return root, int(mapping["Ebs"]["VolumeSize"])
+        return root, None
 
     def _client_key(self) -> str:
         """The public key to install; writes a fresh private key when none was given."""
