@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fakecloud import Cloud, start_cloud  # noqa: E402
+from fakecloud import Cloud, start_cloud
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ class MotoServer:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
-        host, port = self._server.get_host_and_port()
+        _, port = self._server.get_host_and_port()
         self.endpoint = f"http://127.0.0.1:{port}"
 
     def reset(self) -> None:
@@ -226,11 +226,12 @@ class VM:
         shutdown.chmod(0o755)
         self.console.write_text("Linux version 6.1 (fake)\ncloud-init: running user data\n")
         (self.dir / "user-data").write_text(user_data)
-        process = await asyncio.create_subprocess_exec(
-            "bash", str(self.dir / "user-data"), cwd=self.dir, env=self.env(),
-            stdout=asyncio.subprocess.DEVNULL, stderr=open(self.dir / "user-data.log", "wb"),
-        )
-        self.user_data_rc = await process.wait()
+        with open(self.dir / "user-data.log", "wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                "bash", str(self.dir / "user-data"), cwd=self.dir, env=self.env(),
+                stdout=asyncio.subprocess.DEVNULL, stderr=log,
+            )
+            self.user_data_rc = await process.wait()
         self.server = await asyncssh.listen(
             "127.0.0.1", 0,
             server_factory=lambda: _VMServer(self),
@@ -348,9 +349,12 @@ class Hypervisor:
                             await vm.boot(text)
                         except Exception as exc:  # a broken VM: the client must notice
                             print(f"fake VM {iid} failed to boot: {exc!r}", file=sys.stderr)
-                    elif state in ("shutting-down", "terminated", "stopping", "stopped"):
-                        if vm is not None and vm.server is not None:
-                            await vm.destroy()
+                    elif (
+                        state in ("shutting-down", "terminated", "stopping", "stopped")
+                        and vm is not None
+                        and vm.server is not None
+                    ):
+                        await vm.destroy()
             await asyncio.sleep(0.05)
         for vm in self.vms.values():
             await vm.destroy()
@@ -408,7 +412,11 @@ def console_hook(session: Any) -> None:
 class Cloud:
     """What a test gets: moto, the hypervisor, and executor options that use both."""
 
-    def __init__(self, moto: MotoServer, hypervisor: Hypervisor) -> None:
+    def __init__(
+        self, moto: MotoServer, hypervisor: Hypervisor, hooks: list[Any] | None = None
+    ) -> None:
+        #: The session hooks the transport runs (append to stage API behaviour).
+        self.hooks = hooks if hooks is not None else []
         self.moto = moto
         self.hypervisor = hypervisor
         self.endpoint = moto.endpoint
@@ -450,6 +458,8 @@ def start_cloud(request: Any) -> Cloud:
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": REGION,
+        # Never ask the instance metadata service (a link-local address) for credentials.
+        "AWS_EC2_METADATA_DISABLED": "true",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -461,5 +471,20 @@ def start_cloud(request: Any) -> Cloud:
     monkeypatch.setenv("RF_FAKE_CLOUD", str(root))
     hypervisor = Hypervisor(moto, root)
     request.addfinalizer(hypervisor.stop)
-    monkeypatch.setattr(ec2, "_session_hooks", [console_hook])
-    return Cloud(moto, hypervisor)
+    hooks = [console_hook]
+    monkeypatch.setattr(ec2, "_session_hooks", hooks)
+    return Cloud(moto, hypervisor, hooks)
+
+
+class FakeHTTP:
+    """Enough of an HTTP response for a ``before-call`` hook to fake an API error."""
+
+    status_code = 400
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+
+def api_error(code: str, message: str) -> tuple[FakeHTTP, dict[str, Any]]:
+    """What a ``before-call`` hook returns to make the call fail with ``code``."""
+    return FakeHTTP(), {"Error": {"Code": code, "Message": message}}
