@@ -74,6 +74,10 @@ _CLOUD_INIT_END = "-----END SSH HOST KEY KEYS-----"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _KEY_LINE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+")
+#: A whole public key line: type, base64 body, an optional plain comment.
+_PUBLIC_KEY = re.compile(
+    r"(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [A-Za-z0-9@._:+-]*)?"
+)
 _LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
@@ -128,7 +132,7 @@ def render_user_data(
     work_dir: str = ".remote_futures",
 ) -> str:
     """The first-boot script (see the module docstring); raises if it exceeds 16 KB."""
-    if not _KEY_LINE.match(public_key.strip()):
+    if not _PUBLIC_KEY.fullmatch(public_key.strip()):
         raise ConfigurationError(f"not an OpenSSH public key line: {public_key[:40]!r}")
     if not _LOGIN.match(user):
         raise ConfigurationError(f"user must be a plain login name, not {user!r}")

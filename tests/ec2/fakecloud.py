@@ -95,8 +95,17 @@ def _allowed(address: Any) -> bool:
         return False  # a name: resolving it could reach anything
 
 
-def install_network_guard(monkeypatch: Any) -> None:
+class _Patcher:
+    """``monkeypatch.setattr`` for a process with no pytest (a client subprocess)."""
+
+    @staticmethod
+    def setattr(target: Any, name: str, value: Any) -> None:
+        setattr(target, name, value)
+
+
+def install_network_guard(monkeypatch: Any = None) -> None:
     """Make every connect() to a non-loopback address raise (and say so loudly)."""
+    monkeypatch = monkeypatch or _Patcher()
     original_connect = socket.socket.connect
     original_connect_ex = socket.socket.connect_ex
 
