@@ -361,6 +361,13 @@ class EC2Transport(Transport):
         """Two tasks per instance at once when the user says nothing."""
         return 2 * int(getattr(options, "instances", 1))
 
+    def default_chunksize(self, n_calls: int) -> int:
+        """About 16 tasks per slot: a small map gets one call per task (so a call that has not
+        started can be cancelled, as with ProcessPoolExecutor), a large one is chunked so that
+        each process start (a few SSH round trips) carries many calls, and the tasks are still
+        numerous enough to even out the load over the instances."""
+        return max(1, -(-n_calls // (16 * max(1, self.max_workers))))
+
     @property
     def describe(self) -> str:
         """``ec2 (2 x t3.small in us-east-1)``."""
