@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -56,14 +57,30 @@ def _sweep_kubernetes(args: argparse.Namespace) -> int:
         print("error: the kubernetes transport of this version offers no sweep",
               file=sys.stderr)
         return 2
-    kwargs = {"namespace": args.namespace, "context": args.context, "all_sessions": args.all}
+    wanted: dict[str, object] = {
+        "namespace": args.namespace,
+        "context": args.context,
+        "kubeconfig": args.kubeconfig,
+        "older_than": 0.0 if args.all else args.older_than,
+        "dry_run": args.dry_run or None,
+    }
+    # Pass what was given and what the function accepts (its defaults stand for the rest).
+    accepted = inspect.signature(sweep).parameters
+    kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted}
     result = sweep(**kwargs)
-    if hasattr(result, "__await__"):
+    if inspect.isawaitable(result):
+        awaitable = result
+
         async def wait() -> object:
-            return await result
+            return await awaitable
 
         result = anyio.run(wait)
-    if result is not None:
+    if isinstance(result, (list, tuple)):
+        for session in result:
+            print(f"swept session {session}")
+        if not result:
+            print("nothing to sweep")
+    elif result is not None:
         print(result)
     return 0
 
@@ -83,8 +100,11 @@ def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                      help="every instance this tool launched, live sessions too")
     ec2.set_defaults(run=_sweep_ec2)
     k8s = kinds.add_parser("kubernetes", help="delete Jobs and Secrets of dead sessions")
-    k8s.add_argument("--namespace", help="the namespace (default: the context's)")
+    k8s.add_argument("--namespace", help="the namespace")
     k8s.add_argument("--context", help="a context of the kubeconfig")
+    k8s.add_argument("--kubeconfig", help="a kubeconfig file")
+    k8s.add_argument("--older-than", type=float, help="seconds without a heartbeat: dead")
+    k8s.add_argument("--dry-run", action="store_true", help="only list what would go")
     k8s.add_argument("--all", action="store_true", help="every session's objects")
     k8s.set_defaults(run=_sweep_kubernetes)
 
@@ -116,4 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RemoteFuturesError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        # The cloud SDKs' own errors (no credentials, access denied, unknown region) say
+        # what is wrong; a traceback would only hide it.
+        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "kubernetes_asyncio"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
     return status

@@ -102,3 +102,42 @@ def test_signal_terminates_the_instances_before_the_client_exits(
     # The handler waited for the termination: it is done when the process is gone.
     assert state(cloud, iid) == "terminated"
     assert (cloud.root / iid / "shutdown.log").read_text().count("-h now") == 0
+
+
+def test_sweep_without_credentials_says_so(cloud: Cloud) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS")}
+    env.pop("AWS_SECRET_ACCESS_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "remote_futures", "sweep", "ec2", "--region", "us-east-1",
+         "--endpoint-url", cloud.endpoint],
+        capture_output=True, text=True, timeout=120,
+        env={**env, "AWS_EC2_METADATA_DISABLED": "true"},
+    )
+    assert done.returncode == 1
+    assert "credentials" in done.stderr.lower() and "Traceback" not in done.stderr
+
+
+def test_sweep_kubernetes_delegates_or_says_why_not(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    from remote_futures import cli
+
+    name = "remote_futures.transports.kubernetes"
+    without = types.ModuleType(name)
+    monkeypatch.setitem(sys.modules, name, without)
+    assert cli.main(["sweep", "kubernetes"]) == 2
+    assert "no sweep" in capsys.readouterr().err
+    seen: list[dict[str, Any]] = []
+
+    async def fake_sweep(
+        *, namespace: str = "default", context: str | None = None, older_than: float = 900
+    ) -> list[str]:
+        seen.append({"namespace": namespace, "context": context, "older_than": older_than})
+        return ["s1"]
+
+    without.sweep = fake_sweep  # type: ignore[attr-defined]
+    assert cli.main(["sweep", "kubernetes", "--namespace", "ns", "--all"]) == 0
+    assert seen == [{"namespace": "ns", "context": None, "older_than": 0.0}]
+    assert "swept session s1" in capsys.readouterr().out
