@@ -313,3 +313,43 @@ def test_idle_watchdog_shuts_an_unused_vm_down(cloud: Cloud) -> None:
         wait_until(lambda: cloud.instances("terminated") != [], timeout=60, what="idle stop")
         log = (cloud.root / iid / "shutdown.log").read_text()
         assert "shutdown -h now remote-futures: idle_timeout reached" in log
+
+
+def prefix_and_cloudpickle(_: object) -> str:
+    import sys
+
+    import cloudpickle
+
+    return f"{sys.prefix}|{cloudpickle.__version__}"
+
+
+def test_environment_is_synced_on_every_instance(cloud: Cloud) -> None:
+    """The default ``env="sync"`` from the plain ``python3``: each instance gets its own venv
+    with this interpreter's packages (the two syncs run in parallel)."""
+    import cloudpickle
+
+    with RemoteExecutor(
+        "ec2", **cloud.options(env="sync", python="python3", boot_timeout="5m")
+    ) as ex:
+        seen = set(ex.map(prefix_and_cloudpickle, range(4), chunksize=1))
+    prefixes = {s.split("|")[0] for s in seen}
+    assert {s.split("|")[1] for s in seen} == {cloudpickle.__version__}
+    assert len(prefixes) == 2  # one venv per instance, each in that instance's home
+    assert all("/home/.remote_futures/envs/" in p for p in prefixes)
+
+
+def test_a_given_identity_file_is_installed_instead_of_a_fresh_key(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="mine")
+    key.write_private_key(str(tmp_path / "id_mine"))
+    (tmp_path / "id_mine").chmod(0o600)
+    with RemoteExecutor(
+        "ec2", **cloud.options(instances=1, identity_file=str(tmp_path / "id_mine"))
+    ) as ex:
+        assert ex.submit(square, 5).result(timeout=60) == 25
+        (record,) = cloud.instances("running")
+        installed = (cloud.root / record["InstanceId"] / "home/.ssh/authorized_keys").read_text()
+    assert installed.split()[:2] == key.export_public_key().decode().split()[:2]
