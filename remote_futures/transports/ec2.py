@@ -815,32 +815,34 @@ class EC2Transport(Transport):
         return [i for i in self.instances.values() if i.dead is None and i.transport]
 
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Spread the job's tasks over the live instances (least loaded first) and start them."""
-        alive = self._alive()
-        if not alive:
-            gone = "; ".join(f"{i.instance_id}: {i.dead}" for i in self.instances.values())
-            raise TransportError(f"no EC2 instance of this session is left ({gone})")
-        share: dict[_Instance, list[TaskSpec]] = {}
-        load = {i: i.load for i in alive}
-        for task in job.tasks:
-            target = min(alive, key=lambda i: (load[i], i.instance_id))
-            share.setdefault(target, []).append(task)
-            load[target] += 1
+        """Spread the job's tasks over the live instances (least loaded first) and start them.
+
+        Tasks meant for an instance found gone while starting them go to the others; nothing
+        that started is started twice. Raises TransportError when no instance is left."""
+        await self._check_states()
+        waiting = list(job.tasks)
         parts: list[_Part] = []
         try:
-            for instance, tasks in share.items():
-                assert instance.transport is not None
-                spec = JobSpec(
-                    name=job.name,
-                    tasks=tuple(
-                        TaskSpec(local, t.payload, t.call_indices) for local, t in enumerate(tasks)
-                    ),
-                    resources=job.resources,
-                    code=job.code,
-                )
-                handle = await instance.transport.submit(spec)
-                instance.load += len(tasks)
-                parts.append(_Part(instance, handle, [t.index for t in tasks]))
+            while waiting:
+                alive = self._alive()
+                if not alive:
+                    gone = "; ".join(f"{i.instance_id}: {i.dead}" for i in self.instances.values())
+                    raise TransportError(f"no EC2 instance of this session is left ({gone})")
+                share: dict[_Instance, list[TaskSpec]] = {}
+                load = {i: i.load for i in alive}
+                for task in waiting:
+                    target = min(alive, key=lambda i: (load[i], i.instance_id))
+                    share.setdefault(target, []).append(task)
+                    load[target] += 1
+                waiting = []
+                for instance, tasks in share.items():
+                    try:
+                        parts.append(await self._start_part(job, len(parts), instance, tasks))
+                    except Exception:
+                        await self._check_states(force=True)
+                        if instance.dead is None:
+                            raise
+                        waiting += tasks  # the instance is gone: place these elsewhere
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for part in parts:
@@ -851,6 +853,23 @@ class EC2Transport(Transport):
         handle = JobHandle(job_id=job.name, spec=job, location=job.name)
         self._parts[handle] = parts
         return handle
+
+    async def _start_part(
+        self, job: JobSpec, number: int, instance: _Instance, tasks: list[TaskSpec]
+    ) -> _Part:
+        assert instance.transport is not None
+        spec = JobSpec(
+            # Distinct per part: tasks placed again may land where another part runs.
+            name=job.name if number == 0 else f"{job.name}-{number}",
+            tasks=tuple(
+                TaskSpec(local, t.payload, t.call_indices) for local, t in enumerate(tasks)
+            ),
+            resources=job.resources,
+            code=job.code,
+        )
+        handle = await instance.transport.submit(spec)
+        instance.load += len(tasks)
+        return _Part(instance, handle, [t.index for t in tasks])
 
     async def _check_states(self, force: bool = False) -> None:
         now = time.monotonic()

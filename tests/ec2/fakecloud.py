@@ -181,6 +181,9 @@ class _VMServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self.vm.connections.add(conn)
+        if self.vm.server is None and self.vm.destroyed:
+            conn.abort()
 
     def public_key_auth_supported(self) -> bool:
         return True
@@ -201,6 +204,8 @@ class VM:
         self.bin = self.dir / "bin"
         self.console = self.dir / "console"
         self.server: asyncssh.SSHAcceptor | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+        self.destroyed = False
         self.user_data_rc: int | None = None
 
     def env(self) -> dict[str, str]:
@@ -273,10 +278,14 @@ class VM:
             process.exit(255)
 
     async def destroy(self) -> None:
+        """A terminated VM: its address stops answering and its connections drop."""
+        self.destroyed = True
         if self.server is not None:
             self.server.close()
             self.server = None
             (self.dir / "port").unlink(missing_ok=True)
+        for conn in list(self.connections):
+            conn.abort()
         kill_marked(self.instance_id)
         (self.dir / "destroyed").write_text("yes")
 

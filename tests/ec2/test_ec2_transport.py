@@ -353,3 +353,17 @@ def test_a_given_identity_file_is_installed_instead_of_a_fresh_key(
         (record,) = cloud.instances("running")
         installed = (cloud.root / record["InstanceId"] / "home/.ssh/authorized_keys").read_text()
     assert installed.split()[:2] == key.export_public_key().decode().split()[:2]
+
+
+def test_tasks_for_an_instance_found_gone_at_submission_go_to_the_others(cloud: Cloud) -> None:
+    """The instance died while idle and no state check has seen it yet (the interval is long):
+    starting tasks there fails, the transport learns why and starts them on the other one."""
+    with RemoteExecutor(
+        "ec2", max_workers=4, **cloud.options(state_check_interval=600)
+    ) as ex:
+        both = set(ex.map(vm_of_call, range(4), chunksize=1))
+        assert len(both) == 2
+        victim = sorted(both)[0]
+        cloud.ec2.terminate_instances(InstanceIds=[victim])
+        wait_until(lambda: (cloud.root / victim / "destroyed").exists(), what="VM destroyed")
+        assert set(ex.map(vm_of_call, range(4), chunksize=1)) == both - {victim}
