@@ -433,6 +433,7 @@ class EC2Transport(Transport):
             user=self.options.user,
             max_lifetime=self.lifetime,
             idle_timeout=self.idle,
+            work_dir=self.options.work_dir or ".remote_futures",
         )
         plan = LaunchPlan(
             image_id=image,

@@ -157,7 +157,12 @@ def render_user_data(
     if idle_timeout is not None:
         idle = max(1, math.ceil(idle_timeout))
         every = max(1, min(60, idle // 4))
-        work = f'"$home"/{shlex.quote(work_dir)}'
+        if work_dir.startswith("~/"):
+            work_dir = work_dir[2:]
+        work = (
+            shlex.quote(work_dir) if work_dir.startswith("/")
+            else f'"$home"/{shlex.quote(work_dir)}'
+        )
         # Busy: a worker process runs, or something under the work directory changed (jobs
         # are written and results land there). Idle for `idle` seconds: shut down.
         watchdog = (
@@ -174,7 +179,9 @@ def render_user_data(
             f"watchdog={shlex.quote(watchdog)}",
             'export home',
             'if [ "$(id -u)" = 0 ] && [ -d /run/systemd/system ] && command -v systemd-run'
-            ' >/dev/null; then systemd-run --unit=remote-futures-idle /bin/bash -c "$watchdog";'
+            # A transient unit does not inherit this environment: hand $home over explicitly.
+            ' >/dev/null; then systemd-run --unit=remote-futures-idle --setenv=home="$home"'
+            ' /bin/bash -c "$watchdog";'
             ' else nohup setsid /bin/bash -c "$watchdog" </dev/null >/dev/null 2>&1 & fi',
         ]
     text = "\n".join(lines) + "\n"

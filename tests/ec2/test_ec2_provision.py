@@ -157,3 +157,13 @@ def test_dead_sessions() -> None:
     elsewhere = session_tags("s", owner="o", expires_at=later, client="otherhost:1")
     assert not session_is_dead(elsewhere)
     assert mine_alive["remote-futures:client"] == f"{socket.gethostname()}:{os.getpid()}"
+
+
+@pytest.mark.parametrize(("work_dir", "watched"), [
+    (".remote_futures", '"$home"/.remote_futures'), ("~/rf", '"$home"/rf'),
+    ("/scratch/rf", "/scratch/rf"),
+])
+def test_the_watchdog_watches_the_work_directory(work_dir: str, watched: str) -> None:
+    text = render_user_data(public_key=KEY, user="ec2-user", max_lifetime=60, idle_timeout=30,
+                            work_dir=work_dir)
+    assert f"w={watched};" in text
