@@ -37,6 +37,9 @@ options = {
     "boot_timeout": "60s",
     **json.loads(sys.argv[1]),
 }
+#: Leave at once, without shutting the executor down (the exit hooks must clean up).
+exit_at_once = options.pop("exit_at_once", False)
 executor = RemoteExecutor("ec2", **options)
 print("ready", executor.submit(where, 0).result(timeout=120), flush=True)
-time.sleep(3600)
+if not exit_at_once:
+    time.sleep(3600)

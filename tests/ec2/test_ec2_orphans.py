@@ -104,6 +104,14 @@ def test_signal_terminates_the_instances_before_the_client_exits(
     assert (cloud.root / iid / "shutdown.log").read_text().count("-h now") == 0
 
 
+def test_a_client_leaving_without_shutdown_terminates_its_instances_on_exit(
+    cloud: Cloud,
+) -> None:
+    client, iid = start_client(cloud, idle_timeout=None, exit_at_once=True)
+    assert client.wait(timeout=120) == 0
+    assert state(cloud, iid) == "terminated"
+
+
 def test_sweep_without_credentials_says_so(cloud: Cloud) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ACCESS")}
     env.pop("AWS_SECRET_ACCESS_KEY", None)
