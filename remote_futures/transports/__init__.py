@@ -12,7 +12,10 @@ __all__ = ["TRANSPORTS", "Transport", "transport_class"]
 
 #: Every transport name users may pass, and where its class lives.
 TRANSPORTS: dict[str, str] = {
-    "local": "remote_futures.transports.local:LocalTransport",
+    "local": "remote_futures.transports.local_pool:LocalPoolTransport",
+    #: The previous embedded transport: a fresh process per job, speaking the job-directory
+    #: protocol of the remote transports (a test double of them).
+    "local-jobs": "remote_futures.transports.local:LocalTransport",
     "ssh": "remote_futures.transports.ssh_host:SSHHostTransport",
     "slurm": "remote_futures.transports.batch:SlurmTransport",
     "pbs": "remote_futures.transports.batch:PBSTransport",
