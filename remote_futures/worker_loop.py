@@ -38,14 +38,15 @@ _KEY = 8
 _FUNCTION_CACHE_SIZE = 32
 
 
-def _load_protocol() -> types.ModuleType:
-    """``worker.py`` beside this file, imported by path (not as part of the package)."""
+def _load_protocol(path: str | None = None) -> types.ModuleType:
+    """``worker.py`` (beside this file unless ``path`` says where), imported by path, not as
+    part of the package."""
     name = "_remote_futures_worker_protocol"
     module = sys.modules.get(name)
     if module is not None:
         return module
     here = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(name, os.path.join(here, "worker.py"))
+    spec = importlib.util.spec_from_file_location(name, path or os.path.join(here, "worker.py"))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -134,15 +135,22 @@ def serve(
     stderr: Any = None,
     initializer: bytes | None = None,
     initargs: tuple[Any, ...] = (),
+    *,
+    protocol: str | None = None,
+    code_dir: str | None = None,
+    captured_stdout: int | None = None,
 ) -> None:
     """Take tasks from ``conn`` until told to stop or the parent goes away.
 
     ``initializer`` is the cloudpickled initializer; ``initargs`` arrive as the start method
-    delivered them (so multiprocessing's synchronisation objects work in them).
+    delivered them (so multiprocessing's synchronisation objects work in them). ``protocol``
+    is the path of ``worker.py``; ``code_dir`` holds the caller's code bundles (remote hosts);
+    ``captured_stdout``, a file the calls' stdout goes to, is sent after each call (``O``).
     """
     _redirect(1, stdout)
     _redirect(2, stderr)
-    proto = _load_protocol()
+    proto = _load_protocol(protocol)
+    conn.send_bytes(b"H" + os.getpid().to_bytes(_KEY, "big"))
     failure: dict[str, Any] | None = None
     if initializer is not None:
         try:
@@ -159,6 +167,7 @@ def serve(
     pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
     skipped: set[bytes] = set()
     envelope_initializer_done = False
+    checked_environment = False
 
     def take(message: bytes) -> bool:
         kind = message[:1]
@@ -189,6 +198,15 @@ def serve(
         for entry in envelope.get("sys_path", ()):
             if entry not in sys.path:
                 sys.path.append(entry)
+        if envelope.get("code") and code_dir:
+            # The caller's own modules, uploaded as a zip: first, as the script's directory
+            # is first on the caller's side.
+            bundle = os.path.join(code_dir, envelope["code"])
+            if bundle not in sys.path:
+                sys.path.insert(0, bundle)
+        if failure is None and not checked_environment:
+            checked_environment = True
+            failure = proto._environment_problem(envelope)
         problem = failure
         if (problem is None and not envelope_initializer_done
                 and envelope.get("initializer") is not None):
@@ -206,9 +224,24 @@ def serve(
         for index, blob in envelope["calls"]:
             outcome = problem if problem is not None else run_call(blob, proto)
             _flush()
+            if captured_stdout is not None:
+                printed = _take(captured_stdout)
+                if printed:
+                    conn.send_bytes(b"O" + printed)
             data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
             conn.send_bytes(b"C" + index.to_bytes(_KEY, "big") + data)
         conn.send_bytes(b"T" + key)
+
+
+def _take(fd: int) -> bytes:
+    """What was written to the file at ``fd`` since the last time, emptying it."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return b"".join(chunks)
 
 
 def _flush() -> None:
@@ -219,6 +252,67 @@ def _flush() -> None:
         except (OSError, ValueError):
             pass
 
+
+class _StreamChannel:
+    """Messages framed by a 4-byte length on a pair of file descriptors (a worker on a remote
+    host, fed over an SSH channel's stdin and stdout)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read = read_fd
+        self._write = write_fd
+
+    def poll(self, timeout: float) -> bool:
+        import select
+
+        return bool(select.select([self._read], [], [], timeout)[0])
+
+    def _exactly(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self._read, min(size, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def recv_bytes(self) -> bytes:
+        return self._exactly(int.from_bytes(self._exactly(4), "big"))
+
+    def send_bytes(self, data: bytes) -> None:
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        while view:
+            view = view[os.write(self._write, view) :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``worker_loop.py --serve [--protocol WORKER_PY] [--code-dir DIR]``: take tasks framed
+    on stdin, answer on stdout. The calls' own stdout goes to an unlinked file, sent as a frame
+    after each call (stdout carries the frames); their stdin is /dev/null."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="remote_futures worker loop")
+    parser.add_argument("--serve", action="store_true", required=True)
+    parser.add_argument("--protocol", default=None)
+    parser.add_argument("--code-dir", default=None)
+    args = parser.parse_args(argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        del sys.path[0]  # the work directory must not shadow the user's modules
+    frames_in, frames_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        serve(_StreamChannel(frames_in, frames_out), protocol=args.protocol,
+              code_dir=args.code_dir, captured_stdout=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
 
 # Started by the pool as ``runpy.run_path(<this file>, init_globals, "__rf_worker__")``.
 if __name__ == "__rf_worker__" and "__rf_conn__" in globals():

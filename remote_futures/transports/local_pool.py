@@ -8,51 +8,37 @@ replaced after ``max_tasks_per_child`` tasks, as in the standard library. Becaus
 proxies as arguments work as they do with ``ProcessPoolExecutor``.
 
 Calls and outcomes travel over each worker's ``multiprocessing`` pipe (nothing is written to
-disk or ``/dev/shm``). A job granted N slots by the core is bound to at most N workers; each
-bound worker is sent the job's next task ahead of time (when it is small), so that it never waits
-for the event loop between tasks. The core's grants never exceed ``max_workers`` in all, so a
-granted task always finds an idle worker, or room to start one: ``submit`` starts it now.
+disk or ``/dev/shm``); its stdout and stderr come back over pipes of their own and are copied to
+this process's streams.
 
-A worker that dies fails the call it was running with a
-:class:`~remote_futures.errors.WorkerDiedError` (a ``BrokenProcessPool`` and a ``JobFailedError``
-carrying the exit code or signal and the tail of its stderr), and the rest of that task's calls
-with it; tasks it was sent but had not started go back to their job's queue, and the pool starts
-a new worker when one is needed. The executor goes on.
+Scheduling, and what happens when a worker dies (:class:`~remote_futures.errors.WorkerDiedError`,
+a ``BrokenProcessPool``; the executor goes on), are shared with the other pools: see
+:mod:`remote_futures.transports._pool`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import collections
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.context
 import os
-import pickle
 import runpy
-import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import anyio
-import cloudpickle
 
-from .. import worker, worker_loop
+from .. import worker_loop
 from .._source import dumps_function
-from ..errors import ConfigurationError, SerializationError, WorkerDiedError
-from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
-from .base import Transport
+from ..errors import ConfigurationError, SerializationError
+from ._pool import PoolTransport, PoolWorker
 
 __all__ = ["LocalPoolOptions", "LocalPoolTransport"]
 
-_KEY = 8
-_STDERR_TAIL_BYTES = 16384
-#: A task is sent to a worker still busy with another only if it is this small: it then fits
-#: in the pipe's buffer, so the send cannot block on a worker that is busy writing a result.
-_AHEAD_MAX_BYTES = 32 * 1024
 #: How long ``close`` waits for workers to leave after being asked, before killing them.
 _EXIT_GRACE = 5.0
 
@@ -102,61 +88,46 @@ class LocalPoolOptions:
         return value
 
 
-@dataclasses.dataclass(eq=False)
-class _PoolJob:
-    handle: JobHandle
-    queue: collections.deque[int]
-    states: dict[int, TaskStatus]
-    grant: int
-    #: Each task's payload until it ended (the core drops the spec's copy once submitted; a
-    #: task a dead worker never started is sent again).
-    payloads: dict[int, bytes]
-    outcomes: dict[int, bytes] = dataclasses.field(default_factory=dict)
-    ready: list[int] = dataclasses.field(default_factory=list)
-    dirty: set[int] = dataclasses.field(default_factory=set)
-    workers: set[_Worker] = dataclasses.field(default_factory=set)
-    cancelled: set[int] = dataclasses.field(default_factory=set)
-    tails: dict[int, str] = dataclasses.field(default_factory=dict)
+class _LocalWorker(PoolWorker):
+    """A worker process and its pipes."""
 
-    def set_state(self, index: int, status: TaskStatus) -> None:
-        self.states[index] = status
-        self.dirty.add(index)
-
-
-@dataclasses.dataclass(eq=False)
-class _Worker:
-    process: multiprocessing.process.BaseProcess
-    conn: multiprocessing.connection.Connection
-    out: int
-    err: int
-    #: The job this worker serves, and the keys of the tasks it was sent, oldest first.
-    job: _PoolJob | None = None
-    sent: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
-    #: The key of the task it reported starting and has not finished.
-    running: int | None = None
-    #: Tasks sent in its life (for ``max_tasks_per_child``).
-    tasks_taken: int = 0
-    started_any: bool = False
-    alive: bool = True
-    tail: bytearray = dataclasses.field(default_factory=bytearray)
-    decoders: tuple[Any, Any] = dataclasses.field(
-        default_factory=lambda: (
+    def __init__(
+        self,
+        process: multiprocessing.process.BaseProcess,
+        conn: multiprocessing.connection.Connection,
+        out: int,
+        err: int,
+    ) -> None:
+        super().__init__()
+        self.process = process
+        self.conn = conn
+        self.out = out
+        self.err = err
+        self.decoders = (
             codecs.getincrementaldecoder("utf-8")(errors="replace"),
             codecs.getincrementaldecoder("utf-8")(errors="replace"),
         )
-    )
+
+    @property
+    def pid(self) -> int | None:
+        """The process id."""
+        return self.process.pid
+
+    def send(self, message: bytes) -> None:
+        """Write one message to the worker's pipe."""
+        self.conn.send_bytes(message)
+
+    def kill(self) -> None:
+        """SIGKILL."""
+        _kill(self.process)
 
 
-class LocalPoolTransport(Transport):
+class LocalPoolTransport(PoolTransport):
     """A pool of long-lived local worker processes (see the module docstring)."""
 
     name = "local"
     Options = LocalPoolOptions
     options: LocalPoolOptions
-    poll_interval = (0.5, 0.5)  # progress arrives by events; polling is only a safety net
-    coalesce_window = 0.0  # a task starts on an idle worker at once: nothing to gather
-    max_tasks_per_job = 1_000_000
-    supports_throttle = True
     #: The executor hands the initializer over as objects (see :meth:`set_initializer`).
     takes_initializer = True
 
@@ -168,17 +139,10 @@ class LocalPoolTransport(Transport):
                 "max_tasks_per_child is incompatible with the 'fork' start method; "
                 "use mp_context='spawn' or 'forkserver'"
             )
+        self.max_tasks_per_worker = options.max_tasks_per_child
         self._initializer: bytes | None = None
         self._initargs: tuple[Any, ...] = ()
-        self._workers: list[_Worker] = []
-        self._jobs: dict[JobHandle, _PoolJob] = {}
-        #: key -> (job, task index) of every task sent to a worker and not ended.
-        self._keys: dict[int, tuple[_PoolJob, int]] = {}
-        self._next_key = 0
-        self._count = 0
-        self._changed = anyio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._closing = False
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -223,17 +187,18 @@ class LocalPoolTransport(Transport):
 
     async def close(self) -> None:
         """Ask every worker to leave, kill those that do not, and reap them."""
-        self._closing = True
-        workers, self._workers = self._workers, []
+        self.closing = True
+        workers = [w for w in self.workers if isinstance(w, _LocalWorker)]
+        self.workers = []
         for w in workers:
             self._unwatch(w)
             if w.alive and w.running is None and not w.sent:
                 try:
-                    w.conn.send_bytes(b"Q")
+                    w.send(b"Q")
                 except OSError:
                     pass
             elif w.alive:
-                _kill(w.process)
+                w.kill()
 
         def reap() -> None:
             for w in workers:
@@ -255,94 +220,10 @@ class LocalPoolTransport(Transport):
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(reap)
 
-    # --- submission ---------------------------------------------------------------------------
-
-    async def submit(self, job: JobSpec) -> JobHandle:
-        """Bind the job to idle workers (starting them if needed) and send them its tasks."""
-        self._count += 1
-        handle = JobHandle(job_id=f"local-{self._count}", spec=job, location="")
-        state = _PoolJob(
-            handle,
-            queue=collections.deque(task.index for task in job.tasks),
-            states={task.index: TaskStatus(TaskState.PENDING) for task in job.tasks},
-            grant=job.max_concurrent or len(job.tasks),
-            payloads={task.index: task.payload for task in job.tasks},
-        )
-        self._jobs[handle] = state
-        self._dispatch()
-        return handle
-
-    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
-        """Let the job use more workers."""
-        state = self._jobs.get(job)
-        if state is None:
-            return False
-        state.grant = max(state.grant, max_concurrent)
-        self._dispatch()
-        return True
-
-    def _dispatch(self) -> None:
-        """Give every job with queued tasks the workers its grant allows, and keep them fed."""
-        if self._closing:
-            return
-        for job in list(self._jobs.values()):
-            for bound in list(job.workers):
-                self._feed(bound)
-            while job.queue and len(job.workers) < job.grant:
-                w = self._idle_worker()
-                if w is None:
-                    break
-                w.job = job
-                job.workers.add(w)
-                self._feed(w)
-
-    def _idle_worker(self) -> _Worker | None:
-        for w in self._workers:
-            if w.alive and w.job is None and not w.sent and not self._retired(w):
-                return w
-        if len(self._workers) < self.max_workers:
-            return self._start_worker()
-        return None
-
-    def _retired(self, w: _Worker) -> bool:
-        limit = self.options.max_tasks_per_child
-        return limit is not None and w.tasks_taken >= limit
-
-    def _feed(self, w: _Worker) -> None:
-        """Send ``w`` its job's next tasks: one to run, and one ahead if it is small."""
-        job = w.job
-        while job is not None and job.queue and w.alive and not self._retired(w):
-            if len(w.sent) >= 2:
-                break
-            index = job.queue[0]
-            payload = job.payloads[index]
-            if w.sent and (len(payload) > _AHEAD_MAX_BYTES or len(job.workers) < job.grant):
-                break  # too big to queue behind a call, or another worker may take it
-            job.queue.popleft()
-            key = self._next_key = self._next_key + 1
-            self._keys[key] = (job, index)
-            w.sent.append(key)
-            w.tasks_taken += 1
-            try:
-                w.conn.send_bytes(b"X" + key.to_bytes(_KEY, "big") + payload)
-            except OSError:
-                break  # it died: its exit is handled by the sentinel watch
-        self._unbind_if_done(w)
-
-    def _unbind_if_done(self, w: _Worker) -> None:
-        job = w.job
-        if job is not None and not w.sent and (not job.queue or self._retired(w) or not w.alive):
-            job.workers.discard(w)
-            w.job = None
-        if w.alive and not w.sent and self._retired(w):
-            try:
-                w.conn.send_bytes(b"Q")
-            except OSError:
-                pass
-
     # --- workers ------------------------------------------------------------------------------
 
-    def _start_worker(self) -> _Worker:
+    def start_worker(self) -> PoolWorker | None:
+        """Start a worker process (synchronously: a spawn takes milliseconds)."""
         parent, child = self._ctx.Pipe(duplex=True)
         out_r, out_w = self._ctx.Pipe(duplex=False)
         err_r, err_w = self._ctx.Pipe(duplex=False)
@@ -356,7 +237,7 @@ class LocalPoolTransport(Transport):
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=runpy.run_path,
             args=(worker_loop.__file__, init_globals, "__rf_worker__"),
-            name=f"remote_futures-worker-{len(self._workers) + 1}",
+            name=f"remote_futures-worker-{len(self.workers) + 1}",
         )
         try:
             process.start()
@@ -368,8 +249,7 @@ class LocalPoolTransport(Transport):
         err_r.close()
         for fd in (out, err):
             os.set_blocking(fd, False)
-        w = _Worker(process, parent, out, err)
-        self._workers.append(w)
+        w = _LocalWorker(process, parent, out, err)
         assert self._loop is not None, "transport not open"
         self._loop.add_reader(parent.fileno(), self._on_messages, w)
         self._loop.add_reader(out, self._on_output, w, out, sys.stdout, 0)
@@ -377,7 +257,7 @@ class LocalPoolTransport(Transport):
         self._loop.add_reader(process.sentinel, self._on_exit, w)
         return w
 
-    def _unwatch(self, w: _Worker) -> None:
+    def _unwatch(self, w: _LocalWorker) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -389,7 +269,7 @@ class LocalPoolTransport(Transport):
                 except (OSError, ValueError):
                     pass
 
-    def _on_output(self, w: _Worker, fd: int, sink: IO[str], which: int) -> None:
+    def _on_output(self, w: _LocalWorker, fd: int, sink: IO[str], which: int) -> None:
         """Forward a worker's output to ours (as a ProcessPoolExecutor child's would appear),
         keeping the tail of its stderr for error messages."""
         try:
@@ -403,58 +283,23 @@ class LocalPoolTransport(Transport):
                 self._loop.remove_reader(fd)
             return
         if which == 1:
-            w.tail += chunk
-            del w.tail[:-_STDERR_TAIL_BYTES]
+            w.keep_tail(chunk)
         try:
             sink.write(w.decoders[which].decode(chunk))
             sink.flush()
         except (OSError, ValueError):
             pass  # the caller closed its stream; keep draining the pipe regardless
 
-    def _on_messages(self, w: _Worker) -> None:
+    def _on_messages(self, w: _LocalWorker) -> None:
         try:
             while w.conn.poll(0):
-                self._on_message(w, w.conn.recv_bytes())
+                self.on_message(w, w.conn.recv_bytes())
         except (EOFError, OSError):
             if self._loop is not None:
                 self._loop.remove_reader(w.conn.fileno())
 
-    def _on_message(self, w: _Worker, message: bytes) -> None:
-        kind = message[:1]
-        if kind == b"C":
-            index = int.from_bytes(message[1 : 1 + _KEY], "big")
-            job = w.job
-            if job is not None and job.handle in self._jobs:
-                job.outcomes[index] = message[1 + _KEY :]
-                job.ready.append(index)
-                self._changed.set()
-            return
-        key = int.from_bytes(message[1 : 1 + _KEY], "big")
-        found = self._keys.get(key)
-        if kind == b"S":
-            w.running = key
-            w.started_any = True
-            if found is not None:
-                job, index = found
-                job.set_state(index, TaskStatus(TaskState.RUNNING))
-        elif kind == b"T":
-            w.running = None
-            if key in w.sent:
-                w.sent.remove(key)
-            self._keys.pop(key, None)
-            if found is not None:
-                job, index = found
-                # The worker is free for others before the core learns that the task ended
-                # (and grants its slot to another job).
-                job.payloads.pop(index, None)
-                self._feed(w)
-                ended = TaskState.CANCELLED if index in job.cancelled else TaskState.COMPLETED
-                job.set_state(index, TaskStatus(ended, exit_code=0))
-            self._dispatch()
-        self._changed.set()
-
-    def _on_exit(self, w: _Worker) -> None:
-        """A worker process ended: settle what it held, forget it, refill on demand."""
+    def _on_exit(self, w: _LocalWorker) -> None:
+        """The worker process ended: read what it wrote before, then report it."""
         if not w.alive:
             return
         self._on_messages(w)  # outcomes it wrote before it died
@@ -464,37 +309,9 @@ class LocalPoolTransport(Transport):
                 self._on_output(w, fd, sink, which)
                 if which == 0 or len(w.tail) == before:
                     break
-        w.alive = False
         self._unwatch(w)
         w.process.join(1.0)
         code = w.process.exitcode
-        tail = w.tail.decode(errors="replace")
-        if w in self._workers:
-            self._workers.remove(w)
-        job = w.job
-        sent, w.sent = list(w.sent), collections.deque()
-        if job is not None:
-            job.workers.discard(w)
-            w.job = None
-        running = w.running
-        if running is None and sent and not w.started_any and not self._closing:
-            # It died before starting anything (in start-up or the initializer): fail its
-            # first task rather than hand it to the next worker forever.
-            running = sent[0]
-        for key in sent:
-            found = self._keys.pop(key, None)
-            if found is None:
-                continue
-            owner, index = found
-            if owner.handle not in self._jobs:
-                continue
-            if key == running:
-                self._fail_task(owner, index, w, code, tail)
-            elif index in owner.cancelled:
-                owner.set_state(index, TaskStatus(TaskState.CANCELLED))
-                owner.payloads.pop(index, None)
-            else:
-                owner.queue.appendleft(index)  # never started: it runs elsewhere
         for fd in (w.out, w.err):
             try:
                 os.close(fd)
@@ -505,125 +322,8 @@ class LocalPoolTransport(Transport):
             w.conn.close()
         except OSError:
             pass
-        self._changed.set()
-        self._dispatch()
-
-    def _fail_task(
-        self, job: _PoolJob, index: int, w: _Worker, code: int | None, tail: str
-    ) -> None:
         sig = -code if code is not None and code < 0 else None
-        exit_code = code if code is not None and code >= 0 else None
-        if index in job.cancelled:
-            job.set_state(index, TaskStatus(TaskState.CANCELLED, signal=sig))
-            return
-        what = f"signal {signal.Signals(sig).name}" if sig else f"exit code {exit_code}"
-        pid = w.process.pid
-        error = WorkerDiedError(
-            f"the worker process (pid {pid}) died ({what}) while running this call; "
-            "the pool replaced it",
-            job_id=job.handle.job_id,
-            state=TaskState.FAILED.value,
-            exit_code=exit_code,
-            signal=sig,
-            stderr_tail="\n".join(tail.splitlines()[-20:]),
-        )
-        outcome = {
-            "format": worker.FORMAT,
-            "kind": worker.EXCEPTION,
-            "exception": cloudpickle.dumps(error),
-            "type": "remote_futures.errors.WorkerDiedError",
-            "repr": repr(error),
-            "traceback": f"worker process {pid} ended with {what}\n",
-        }
-        data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-        for call in job.handle.spec.tasks[index].call_indices:
-            if call not in job.outcomes and call not in job.ready:
-                job.outcomes[call] = data
-                job.ready.append(call)
-        job.tails[index] = tail
-        job.payloads.pop(index, None)
-        job.set_state(index, TaskStatus(TaskState.FAILED, exit_code=exit_code, signal=sig))
-
-    # --- the core's view ----------------------------------------------------------------------
-
-    async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """What changed since the previous poll."""
-        statuses = {}
-        for handle in jobs:
-            state = self._jobs.get(handle)
-            if state is not None:
-                statuses[handle] = JobStatus(
-                    {i: state.states[i] for i in state.dirty}, frozenset(state.ready)
-                )
-                state.dirty, state.ready = set(), []
-        return statuses
-
-    async def fetch_outcomes(
-        self, wanted: Mapping[JobHandle, Sequence[int]]
-    ) -> dict[JobHandle, dict[int, bytes]]:
-        """The outcomes received (handed over once: they are dropped here)."""
-        found: dict[JobHandle, dict[int, bytes]] = {}
-        for handle, calls in wanted.items():
-            state = self._jobs.get(handle)
-            if state is None:
-                continue
-            got = found[handle] = {}
-            for call in calls:
-                data = state.outcomes.pop(call, None)
-                if data is not None:
-                    got[call] = data
-        return found
-
-    async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
-        """Drop queued tasks; tell workers to skip tasks sent ahead; kill a worker running a
-        cancelled task (the pool replaces it)."""
-        state = self._jobs.get(job)
-        if state is None:
-            return
-        targets = set(state.states) if tasks is None else set(tasks)
-        targets = {i for i in targets if not state.states[i].state.terminal}
-        state.cancelled |= targets
-        if state.queue:
-            kept = collections.deque(i for i in state.queue if i not in targets)
-            for index in state.queue:
-                if index in targets:
-                    state.set_state(index, TaskStatus(TaskState.CANCELLED))
-                    state.payloads.pop(index, None)
-            state.queue = kept
-        for w in list(state.workers):
-            for key in list(w.sent):
-                found = self._keys.get(key)
-                if found is None or found[1] not in targets:
-                    continue
-                if key == w.running:
-                    _kill(w.process)
-                else:
-                    try:
-                        w.conn.send_bytes(b"K" + key.to_bytes(_KEY, "big"))
-                    except OSError:
-                        pass
-        self._changed.set()
-
-    async def stderr_tail(self, job: JobHandle, task: int, *, lines: int = 20) -> str:
-        """What the worker that died running the task wrote to stderr last."""
-        state = self._jobs.get(job)
-        text = state.tails.get(task, "") if state else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    async def release(self, job: JobHandle) -> None:
-        """Forget the job."""
-        state = self._jobs.pop(job, None)
-        if state is not None:
-            state.queue.clear()
-            state.outcomes.clear()
-            state.payloads.clear()
-
-    async def wait_for_change(self, timeout: float) -> None:
-        """Return as soon as a worker reports progress, or after ``timeout``."""
-        if not self._changed.is_set():
-            with anyio.move_on_after(timeout):
-                await self._changed.wait()
-        self._changed = anyio.Event()
+        self.worker_exited(w, code if sig is None else None, sig)
 
 
 def _kill(process: multiprocessing.process.BaseProcess) -> None:
