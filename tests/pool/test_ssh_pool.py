@@ -4,10 +4,10 @@ the other worker's call and the executor go on."""
 
 from __future__ import annotations
 
-from concurrent.futures.process import BrokenProcessPool
 import os
 import signal
 import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
