@@ -12,9 +12,14 @@ Messages on the connection (``Connection.send_bytes``), each one frame::
     parent -> worker   b"X" + key(8) + task payload     run a task (a ``task-<i>.in`` envelope)
                        b"K" + key(8)                     skip that task if not started yet
                        b"Q"                              exit once idle
-    worker -> parent   b"S" + key(8)                     the task started
+    worker -> parent   b"H" + pid(8)                     hello, once
                        b"C" + index(8) + outcome         one call's outcome envelope
-                       b"T" + key(8)                     the task ended (run or skipped)
+                       b"D" + key(8) + index(8) + outcome  the task's last call; the task ended
+                       b"T" + key(8)                     the task ended (skipped)
+                       b"O" + bytes                      what a call printed (remote hosts)
+
+Tasks run in the order they were sent, so the parent knows which one a worker is running (the
+oldest it sent and has not heard the end of) without being told.
 
 A function is unpickled once per worker and kept, keyed by its pickled bytes: the calls of one
 function (pickled once by the client and embedded in every call) then cost their arguments only,
@@ -193,7 +198,6 @@ def serve(
             skipped.discard(key)
             conn.send_bytes(b"T" + key)
             continue
-        conn.send_bytes(b"S" + key)
         envelope = pickle.loads(payload)
         for entry in envelope.get("sys_path", ()):
             if entry not in sys.path:
@@ -221,7 +225,8 @@ def serve(
                 failure = problem = proto._error(
                     proto.INITIALIZER, f"the initializer raised {exc!r}", traceback.format_exc()
                 )
-        for index, blob in envelope["calls"]:
+        calls = envelope["calls"]
+        for position, (index, blob) in enumerate(calls):
             outcome = problem if problem is not None else run_call(blob, proto)
             _flush()
             if captured_stdout is not None:
@@ -229,8 +234,9 @@ def serve(
                 if printed:
                     conn.send_bytes(b"O" + printed)
             data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-            conn.send_bytes(b"C" + index.to_bytes(_KEY, "big") + data)
-        conn.send_bytes(b"T" + key)
+            # The last call's outcome also says the task is done: one message, not two.
+            head = b"D" + key if position == len(calls) - 1 else b"C"
+            conn.send_bytes(head + index.to_bytes(_KEY, "big") + data)
 
 
 def _take(fd: int) -> bytes:

@@ -71,15 +71,17 @@ class PoolWorker(abc.ABC):
         #: The job this worker serves, and the keys of the tasks it was sent, oldest first.
         self.job: _PoolJob | None = None
         self.sent: collections.deque[int] = collections.deque()
-        #: The key of the task it reported starting and has not finished.
-        self.running: int | None = None
         #: Tasks sent in its life (for ``max_tasks_per_child``).
         self.tasks_taken = 0
-        self.started_any = False
         self.alive = True
         self.tail = bytearray()
         #: The pid the worker reported itself (on its own host).
         self.reported_pid: int | None = None
+
+    @property
+    def running(self) -> int | None:
+        """The key of the task it runs (or will run next): tasks run in the order sent."""
+        return self.sent[0] if self.sent else None
 
     @property
     @abc.abstractmethod
@@ -205,6 +207,11 @@ class PoolTransport(Transport):
             job.queue.popleft()
             key = self._next_key = self._next_key + 1
             self._keys[key] = (job, index)
+            if not w.sent:
+                # An idle worker starts it at once. A task sent ahead is marked running when
+                # the worker finishes the one before (tasks run in the order sent); until then
+                # its future may still be cancelled.
+                job.set_state(index, TaskStatus(TaskState.RUNNING))
             w.sent.append(key)
             w.tasks_taken += 1
             try:
@@ -229,14 +236,17 @@ class PoolTransport(Transport):
     def on_message(self, w: PoolWorker, message: bytes) -> None:
         """One message from a worker (see :mod:`remote_futures.worker_loop`)."""
         kind = message[:1]
-        if kind == b"C":
-            index = int.from_bytes(message[1 : 1 + KEY], "big")
+        if kind == b"C" or kind == b"D":
+            start = 1 + KEY if kind == b"D" else 1
+            index = int.from_bytes(message[start : start + KEY], "big")
             job = w.job
             if job is not None and job.handle in self._pool_jobs:
-                job.outcomes[index] = message[1 + KEY :]
+                job.outcomes[index] = message[start + KEY :]
                 job.ready.append(index)
                 self._changed.set()
-            return
+            if kind == b"C":
+                return
+            kind = b"T"
         key = int.from_bytes(message[1 : 1 + KEY], "big")
         if kind == b"O":
             self.on_output(w, message[1:])
@@ -245,17 +255,13 @@ class PoolTransport(Transport):
             w.reported_pid = key  # hello: the worker's pid on its host
             return
         found = self._keys.get(key)
-        if kind == b"S":
-            w.running = key
-            w.started_any = True
-            if found is not None:
-                job, index = found
-                job.set_state(index, TaskStatus(TaskState.RUNNING))
-        elif kind == b"T":
-            w.running = None
+        if kind == b"T":
             if key in w.sent:
                 w.sent.remove(key)
             self._keys.pop(key, None)
+            following = self._keys.get(w.sent[0]) if w.sent else None
+            if following is not None and following[1] not in following[0].cancelled:
+                following[0].set_state(following[1], TaskStatus(TaskState.RUNNING))
             if found is not None:
                 job, index = found
                 job.payloads.pop(index, None)
@@ -290,11 +296,10 @@ class PoolTransport(Transport):
         if job is not None:
             job.workers.discard(w)
             w.job = None
-        running = w.running
-        if running is None and sent and not w.started_any and not self.closing:
-            # It died before starting anything (in start-up or the initializer): fail its
-            # first task rather than hand it to the next worker forever.
-            running = sent[0]
+        # The oldest task it was sent is the one it ran; if it died before running anything
+        # (in start-up or the initializer), that task fails too, rather than going to the next
+        # worker forever.
+        running = sent[0] if sent else None
         for key in sent:
             found = self._keys.pop(key, None)
             if found is None:
