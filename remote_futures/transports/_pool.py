@@ -184,11 +184,30 @@ class PoolTransport(Transport):
             if w.alive and w.job is None and not w.sent and not self._retired(w):
                 return w
         if len(self.workers) + self.starting < self.max_workers:
-            started = self.start_worker()
+            try:
+                started = self.start_worker()
+            except Exception as exc:
+                self.fail_waiting(exc)
+                return None
             if started is not None:
                 self.workers.append(started)
             return started
         return None
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """A worker could not be started: if no worker is left to run them, fail the tasks
+        that wait for one (they would wait forever), saying why. With workers left, the tasks
+        wait for them, and the next dispatch tries again."""
+        if any(w.alive for w in self.workers) or self.starting:
+            return
+        message = f"could not start a worker: {exc!r}"
+        for job in list(self._pool_jobs.values()):
+            while job.queue:
+                index = job.queue.popleft()
+                job.payloads.pop(index, None)
+                job.tails[index] = message
+                job.set_state(index, TaskStatus(TaskState.FAILED, raw_state=message))
+        self._changed.set()
 
     def _retired(self, w: PoolWorker) -> bool:
         limit = self.max_tasks_per_worker

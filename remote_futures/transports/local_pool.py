@@ -241,6 +241,10 @@ class LocalPoolTransport(PoolTransport):
         )
         try:
             process.start()
+        except BaseException:
+            for end in (parent, out_r, err_r):
+                end.close()
+            raise
         finally:
             for end in (child, out_w, err_w):
                 end.close()

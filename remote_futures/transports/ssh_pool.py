@@ -26,7 +26,7 @@ import anyio
 import anyio.abc
 
 from .. import worker, worker_loop
-from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
+from ..jobs import JobHandle, JobSpec
 from ._pool import PoolTransport, PoolWorker
 from .ssh_host import SSHHostOptions, SSHHostTransport
 
@@ -149,7 +149,7 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
             process = await connection.create_process(self._command(), encoding=None)
         except Exception as exc:
             self.starting -= 1
-            self._fail_waiting(exc)
+            self.fail_waiting(exc)
             return
         w = _SSHWorker(process, self._kill_soon)
         self.starting -= 1
@@ -200,20 +200,6 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
             except Exception:
                 pass
         w.process.close()
-
-    def _fail_waiting(self, exc: BaseException) -> None:
-        """No worker could be started: fail the tasks that wait for one, if no worker at all
-        is left to run them (a transient failure is retried at the next dispatch)."""
-        if self.workers or self.starting:
-            return
-        message = f"could not start a worker on {self.shell.label}: {exc!r}"
-        for job in list(self._pool_jobs.values()):
-            while job.queue:
-                index = job.queue.popleft()
-                job.payloads.pop(index, None)
-                job.tails[index] = message
-                job.set_state(index, TaskStatus(TaskState.FAILED, raw_state=message))
-        self._changed.set()
 
 
 def _signal_number(name: str | None) -> int | None:

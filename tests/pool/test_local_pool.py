@@ -139,6 +139,15 @@ def test_worker_dying_in_its_initializer_fails_a_call_not_forever() -> None:
         assert isinstance(future.exception(timeout=60), cf.process.BrokenProcessPool)
 
 
+def test_a_worker_that_cannot_start_fails_the_call_with_the_reason() -> None:
+    """initargs the start method cannot pickle (a lambda): the call fails, saying why,
+    instead of waiting forever for a worker."""
+    with RemoteExecutor(max_workers=1, initializer=print, initargs=(lambda: 1,)) as ex:
+        error = ex.submit(getpid).exception(timeout=60)
+    assert isinstance(error, JobFailedError)
+    assert "could not start a worker" in str(error)
+
+
 def test_max_tasks_per_child_replaces_workers() -> None:
     with RemoteExecutor(max_workers=1, max_tasks_per_child=2) as ex:
         pids = [ex.submit(getpid).result() for _ in range(6)]
