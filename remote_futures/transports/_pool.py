@@ -333,6 +333,14 @@ class PoolTransport(Transport):
                 owner.payloads.pop(index, None)
             else:
                 owner.queue.appendleft(index)  # never started: it runs elsewhere
+        if w.reported_pid is None and not self.closing:
+            # It never got as far as saying hello (no interpreter, a broken environment): the
+            # next one would fare no better, so do not spend a task on each attempt.
+            said = "\n".join(tail.splitlines()[-10:])
+            self.fail_waiting(RuntimeError(
+                f"the worker exited during start-up (exit code {code}, signal {sig})"
+                + (f"; it said:\n{said}" if said else "")
+            ))
         self._changed.set()
         self.dispatch()
 
