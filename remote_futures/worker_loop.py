@@ -21,14 +21,15 @@ Messages on the connection (``Connection.send_bytes``), each one frame::
 Tasks run in the order they were sent, so the parent knows which one a worker is running (the
 oldest it sent and has not heard the end of) without being told.
 
-A function is unpickled once per worker and kept, keyed by its pickled bytes: the calls of one
-function (pickled once by the client and embedded in every call) then cost their arguments only,
-as module-level functions do with ``ProcessPoolExecutor``.
+A function is unpickled once per worker and kept, keyed by a digest of its pickled bytes: the
+calls of one function (pickled once by the client and embedded in every call) then cost their
+arguments only, as module-level functions do with ``ProcessPoolExecutor``.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import importlib.util
 import io
 import os
@@ -60,19 +61,21 @@ def _load_protocol(path: str | None = None) -> types.ModuleType:
 
 
 class _Functions:
-    """Functions unpickled in this worker, keyed by their pickled bytes (LRU)."""
+    """Functions unpickled in this worker, keyed by a digest of their pickled bytes (LRU)."""
 
     def __init__(self) -> None:
         self._cache: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
 
     def loads(self, blob: bytes) -> Any:
-        found = self._cache.get(blob)
+        # Keyed by a digest, so that the cache does not keep the pickled bytes themselves.
+        key = hashlib.blake2b(blob, digest_size=20).digest()
+        found = self._cache.get(key)
         if found is not None:
-            self._cache.move_to_end(blob)
+            self._cache.move_to_end(key)
             return found
         value = pickle.loads(blob)
         if callable(value):  # only functions: other values may be mutated by a call
-            self._cache[blob] = value
+            self._cache[key] = value
             if len(self._cache) > _FUNCTION_CACHE_SIZE:
                 self._cache.popitem(last=False)
         return value
