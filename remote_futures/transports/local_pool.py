@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import collections
 import dataclasses
 import multiprocessing
 import multiprocessing.connection
@@ -27,6 +28,7 @@ import multiprocessing.context
 import os
 import runpy
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -41,6 +43,9 @@ __all__ = ["LocalPoolOptions", "LocalPoolTransport"]
 
 #: How long ``close`` waits for workers to leave after being asked, before killing them.
 _EXIT_GRACE = 5.0
+#: Messages up to this size are written to a worker's pipe directly: with at most one small
+#: task queued ahead, they always fit in the pipe's buffer.
+_DIRECT_SEND_BYTES = 32 * 1024 + 64
 
 
 def _context(value: Any) -> multiprocessing.context.BaseContext:
@@ -107,6 +112,9 @@ class _LocalWorker(PoolWorker):
             codecs.getincrementaldecoder("utf-8")(errors="replace"),
             codecs.getincrementaldecoder("utf-8")(errors="replace"),
         )
+        #: Messages waiting behind a big one that a thread is writing (None: none is).
+        self._backlog: collections.deque[bytes] | None = None
+        self._send_lock = threading.Lock()
 
     @property
     def pid(self) -> int | None:
@@ -114,8 +122,36 @@ class _LocalWorker(PoolWorker):
         return self.process.pid
 
     def send(self, message: bytes) -> None:
-        """Write one message to the worker's pipe."""
-        self.conn.send_bytes(message)
+        """Write one message to the worker's pipe, in order. A small one is written here (it
+        fits in the pipe); a big one, and whatever follows it while it is being written, by a
+        thread: the worker may not read for a while (a slow initializer, a call still
+        running), and the event loop must not wait for it."""
+        with self._send_lock:
+            if self._backlog is not None:
+                self._backlog.append(message)
+                return
+            if len(message) <= _DIRECT_SEND_BYTES:
+                self.conn.send_bytes(message)
+                return
+            self._backlog = collections.deque([message])
+        threading.Thread(
+            target=self._drain_backlog, name="remote_futures-pool-send", daemon=True
+        ).start()
+
+    def _drain_backlog(self) -> None:
+        while True:
+            with self._send_lock:
+                backlog = self._backlog
+                if not backlog:
+                    self._backlog = None
+                    return
+                message = backlog.popleft()
+            try:
+                self.conn.send_bytes(message)
+            except (OSError, ValueError):
+                with self._send_lock:
+                    self._backlog = None
+                return  # the worker is gone: its exit is reported by its sentinel
 
     def kill(self) -> None:
         """SIGKILL."""

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,33 @@ def test_a_worker_that_cannot_start_fails_the_call_with_the_reason() -> None:
         error = ex.submit(getpid).exception(timeout=60)
     assert isinstance(error, JobFailedError)
     assert "could not start a worker" in str(error)
+
+
+def wait_for_gate(gate: str) -> None:
+    while not os.path.exists(gate):
+        time.sleep(0.02)
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+def test_a_big_argument_for_a_busy_worker_does_not_stall_the_executor(tmp_path: Path) -> None:
+    """The worker is still in its initializer (it waits for a gate) when a 4 MB argument is
+    sent to it: the executor's loop goes on meanwhile (the call is seen running), instead of
+    waiting, blocked on the pipe, for the worker to read."""
+    gate = tmp_path / "gate"
+    ex = RemoteExecutor(max_workers=1, initializer=wait_for_gate, initargs=(str(gate),))
+    try:
+        future = ex.submit(length, b"x" * (4 << 20))
+        deadline = time.monotonic() + 60
+        while not future.running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert future.running(), "the executor stalled while the worker was not reading"
+    finally:
+        gate.touch()
+    assert future.result(timeout=60) == 4 << 20
+    ex.shutdown()
 
 
 def test_max_tasks_per_child_replaces_workers() -> None:
