@@ -20,6 +20,7 @@ from .errors import (
     SerializationError,
     SubmissionError,
     TransportError,
+    WorkerDiedError,
 )
 from .executor import RemoteExecutor, RemoteFuture, ResourceView
 from .resources import Resources
@@ -38,6 +39,7 @@ __all__ = [
     "SerializationError",
     "SubmissionError",
     "TransportError",
+    "WorkerDiedError",
 ]
 
 __version__ = "0.1.0"

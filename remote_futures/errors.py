@@ -8,6 +8,7 @@ with the remote traceback chained as ``__cause__`` (a :class:`RemoteTraceback`),
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import pickle
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "SerializationError",
     "SubmissionError",
     "TransportError",
+    "WorkerDiedError",
 ]
 
 
@@ -116,3 +118,20 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb.rstrip()}\n"""'
+
+
+class WorkerDiedError(JobFailedError, concurrent.futures.process.BrokenProcessPool):
+    """A pool worker process died (a signal, ``os._exit``, the OOM killer) while it ran the
+    call, or before it could. Also a ``BrokenProcessPool`` (so a ``BrokenExecutor``), so that
+    code written for ``ProcessPoolExecutor`` handles it; unlike there, the pool replaces the
+    worker and the executor goes on."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_worker_died, (self.args[0], self.__dict__))
+
+
+def _rebuild_worker_died(text: str, state: dict[str, object]) -> WorkerDiedError:
+    error = WorkerDiedError.__new__(WorkerDiedError)
+    Exception.__init__(error, text)
+    error.__dict__.update(state)
+    return error

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import os
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -157,16 +159,30 @@ class RemoteExecutor(concurrent.futures.Executor):
 
     def __init__(
         self,
-        target: str = "local",
+        target: str | int = "local",
         *,
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (),
         **options: Any,
     ) -> None:
+        if isinstance(target, int) and not isinstance(target, bool):
+            # ProcessPoolExecutor(4): an int first argument is max_workers, not a target.
+            if max_workers is not None:
+                raise TypeError("max_workers given twice (positionally and by keyword)")
+            max_workers, target = target, "local"
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
-        self._transport = _make_transport(target, options, max_workers)
+        self._transport = _make_transport(target, options, max_workers)  # type: ignore[arg-type]
+        initializer_blob = None
+        if getattr(self._transport, "takes_initializer", False):
+            # The local pool hands initargs to its workers through multiprocessing (queues,
+            # locks), so they are not pickled here.
+            self._transport.set_initializer(  # type: ignore[attr-defined]
+                initializer, initargs
+            )
+        else:
+            initializer_blob = dumps_initializer(initializer, initargs)
         self._resources: Resources = getattr(self._transport.options, "resources", None) or (
             Resources()
         )
@@ -174,7 +190,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         self._ships_code = self._transport.ships_user_code
         self._engine = Engine(
             self._transport,
-            initializer=dumps_initializer(initializer, initargs),
+            initializer=initializer_blob,
             sys_path=[] if self._ships_code else list(sys.path),
         )
         self._lock = threading.Lock()
@@ -365,10 +381,23 @@ async def _async_results(futures: list[RemoteFuture[T]]) -> AsyncIterator[T]:
             future.cancel()
 
 
+#: ProcessPoolExecutor's own constructor options: honoured by the local pool, accepted and
+#: ignored (with a warning) by transports that have no use for them.
+_POOL_ONLY_OPTIONS = ("mp_context", "max_tasks_per_child")
+
+
 def _make_transport(target: str, options: dict[str, Any], max_workers: int | None) -> Transport:
     resolved = resolve_target(target, options)
     cls = transport_class(resolved.transport)
     valid = {field.name for field in dataclasses.fields(cls.Options)}
+    for key in _POOL_ONLY_OPTIONS:
+        if key in resolved.options and key not in valid:
+            if resolved.options[key] is not None:
+                warnings.warn(
+                    f"{key} is ignored by the {resolved.transport!r} transport (it only "
+                    "applies to local worker processes)", stacklevel=3,
+                )
+            resolved.options.pop(key)
     for key in sorted(resolved.profile_keys - valid):
         raise ConfigurationError(
             f"{resolved.profile_source}: unknown key {key!r} for transport "
@@ -421,3 +450,16 @@ def _python_exit() -> None:
 
 
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]  # as concurrent.futures
+
+
+def _forget_runtimes_in_child() -> None:
+    """In a process forked from one with executors (a ``fork`` ProcessPoolExecutor's workers),
+    the executors' event-loop threads do not exist: at the child's exit, ``_python_exit`` must
+    not wait for them (it would hang forever), and a lock held by another thread at the moment
+    of the fork must not be inherited locked."""
+    global _runtimes_lock
+    _runtimes_lock = threading.Lock()
+    _runtimes.clear()
+
+
+os.register_at_fork(after_in_child=_forget_runtimes_in_child)

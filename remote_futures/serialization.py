@@ -25,6 +25,7 @@ from typing import Any
 import cloudpickle
 
 from . import worker
+from ._source import dumps_function
 from .errors import (
     RemoteEnvironmentError,
     RemoteFuturesError,
@@ -75,7 +76,7 @@ class CallPickler:
             raise TypeError(f"{fn!r} is not callable")
         self._what = getattr(fn, "__qualname__", repr(fn))
         try:
-            self._fn = _PickledFunction(bytes(cloudpickle.dumps(fn)))
+            self._fn = _PickledFunction(dumps_function(fn))
         except Exception as exc:
             raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
         self._buffer = io.BytesIO()
@@ -106,7 +107,7 @@ def dumps_initializer(
     if not callable(initializer):
         raise TypeError("initializer must be a callable")
     try:
-        return bytes(cloudpickle.dumps((initializer, tuple(initargs))))
+        return dumps_function((initializer, tuple(initargs)))
     except Exception as exc:
         raise SerializationError(f"cannot pickle the initializer: {exc}") from exc
 

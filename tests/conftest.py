@@ -85,6 +85,8 @@ def _ec2(request: pytest.FixtureRequest) -> dict[str, Any]:
 #: Every transport the contract suite runs against: name -> factory (see the module docstring).
 CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "local": _local,
+    # The previous embedded transport: the remote hosts' job-directory protocol, locally.
+    "local-jobs": lambda request: {"target": "local-jobs"},
     "ssh": _remote("ssh", "ssh"),
     "slurm": _remote("slurm", "slurm"),
     "pbs": _remote("pbs", "pbs"),

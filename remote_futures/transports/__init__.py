@@ -12,8 +12,13 @@ __all__ = ["TRANSPORTS", "Transport", "transport_class"]
 
 #: Every transport name users may pass, and where its class lives.
 TRANSPORTS: dict[str, str] = {
-    "local": "remote_futures.transports.local:LocalTransport",
-    "ssh": "remote_futures.transports.ssh_host:SSHHostTransport",
+    "local": "remote_futures.transports.local_pool:LocalPoolTransport",
+    #: The previous embedded transport: a fresh process per job, speaking the job-directory
+    #: protocol of the remote transports (a test double of them).
+    "local-jobs": "remote_futures.transports.local:LocalTransport",
+    "ssh": "remote_futures.transports.ssh_pool:SSHPoolTransport",
+    #: The previous ssh transport: a detached process per task, files in job directories.
+    "ssh-jobs": "remote_futures.transports.ssh_host:SSHHostTransport",
     "slurm": "remote_futures.transports.batch:SlurmTransport",
     "pbs": "remote_futures.transports.batch:PBSTransport",
     "sge": "remote_futures.transports.batch:SGETransport",

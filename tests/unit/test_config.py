@@ -13,7 +13,7 @@ from remote_futures.transports import PLANNED, TRANSPORTS, transport_class
 
 pytestmark = pytest.mark.timeout(60)
 
-LOCAL_OPTIONS = ("keep_job_dirs", "python", "work_dir")
+LOCAL_OPTIONS = ("max_tasks_per_child", "mp_context")
 
 
 @pytest.fixture(autouse=True)
@@ -79,25 +79,24 @@ def test_missing_file_named_by_the_environment_is_an_error(
 def test_profile_is_found(
     write_config: Callable[[str], Path], tmp_path: Path, executors: list[RemoteExecutor]
 ) -> None:
-    work = tmp_path / "work"
     path = write_config(
-        f"""
+        """
         [profiles.mine]
         transport = "local"
-        work_dir = "{work}"
-        keep_job_dirs = true
+        mp_context = "forkserver"
+        max_tasks_per_child = 5
         """
     )
     resolved = resolve_target("mine", {})
     assert resolved.transport == "local"
-    assert resolved.options == {"work_dir": str(work), "keep_job_dirs": True}
+    assert resolved.options == {"mp_context": "forkserver", "max_tasks_per_child": 5}
     assert "mine" in resolved.source and str(path) in resolved.source
 
     ex = RemoteExecutor("mine", max_workers=1)
     executors.append(ex)
     assert ex.transport.name == "local"
-    assert ex.transport.options.work_dir == str(work)
-    assert ex.transport.options.keep_job_dirs is True
+    assert ex.transport.options.mp_context.get_start_method() == "forkserver"
+    assert ex.transport.options.max_tasks_per_child == 5
     assert ex.submit(abs, -4).result(timeout=30) == 4
 
 
@@ -108,18 +107,18 @@ def test_keyword_arguments_override_profile_keys(
         """
         [profiles.mine]
         transport = "local"
-        keep_job_dirs = true
-        work_dir = "/nonexistent/from/profile"
+        max_tasks_per_child = 5
+        mp_context = "forkserver"
         """
     )
-    resolved = resolve_target("mine", {"keep_job_dirs": False})
-    assert resolved.options["keep_job_dirs"] is False
-    assert resolved.options["work_dir"] == "/nonexistent/from/profile"
+    resolved = resolve_target("mine", {"max_tasks_per_child": 2})
+    assert resolved.options["max_tasks_per_child"] == 2
+    assert resolved.options["mp_context"] == "forkserver"
 
-    ex = RemoteExecutor("mine", keep_job_dirs=False, work_dir=str(tmp_path / "w"))
+    ex = RemoteExecutor("mine", max_tasks_per_child=None, mp_context="spawn")
     executors.append(ex)
-    assert ex.transport.options.keep_job_dirs is False
-    assert ex.transport.options.work_dir == str(tmp_path / "w")
+    assert ex.transport.options.max_tasks_per_child is None
+    assert ex.transport.options.mp_context.get_start_method() == "spawn"
 
 
 def test_bad_toml_names_the_file(write_config: Callable[[str], Path]) -> None:
@@ -144,13 +143,13 @@ def test_missing_transport_key_names_file_profile_and_key(
 def test_unknown_key_in_a_profile_names_file_profile_and_key(
     write_config: Callable[[str], Path],
 ) -> None:
-    path = write_config('[profiles.typo]\ntransport = "local"\nkeep_job_dir = true\n')
+    path = write_config('[profiles.typo]\ntransport = "local"\nmax_task_per_child = 1\n')
     with pytest.raises(ConfigurationError) as info:
         RemoteExecutor("typo")
     message = str(info.value)
     assert str(path) in message
     assert "'typo'" in message
-    assert "'keep_job_dir'" in message
+    assert "'max_task_per_child'" in message
     for valid in LOCAL_OPTIONS:
         assert valid in message
 
@@ -158,11 +157,11 @@ def test_unknown_key_in_a_profile_names_file_profile_and_key(
 def test_badly_typed_key_in_a_profile_names_file_profile_and_key(
     write_config: Callable[[str], Path],
 ) -> None:
-    path = write_config('[profiles.typed]\ntransport = "local"\nkeep_job_dirs = "yes"\n')
+    path = write_config('[profiles.typed]\ntransport = "local"\nmax_tasks_per_child = "yes"\n')
     with pytest.raises(ConfigurationError) as info:
         RemoteExecutor("typed")
     message = str(info.value)
-    assert str(path) in message and "'typed'" in message and "'keep_job_dirs'" in message
+    assert str(path) in message and "'typed'" in message and "'max_tasks_per_child'" in message
 
 
 def test_profile_with_an_unknown_transport(write_config: Callable[[str], Path]) -> None:
@@ -201,11 +200,11 @@ def test_profile_must_be_a_table(write_config: Callable[[str], Path]) -> None:
 def test_profile_named_like_a_transport_wins(
     write_config: Callable[[str], Path], executors: list[RemoteExecutor]
 ) -> None:
-    write_config('[profiles.pbs]\ntransport = "local"\nkeep_job_dirs = true\n')
+    write_config('[profiles.pbs]\ntransport = "local"\nmax_tasks_per_child = 3\n')
     ex = RemoteExecutor("pbs", max_workers=1)
     executors.append(ex)
     assert ex.transport.name == "local"
-    assert ex.transport.options.keep_job_dirs is True
+    assert ex.transport.options.max_tasks_per_child == 3
 
 
 # --- targets and options given directly -----------------------------------------------------
@@ -246,8 +245,8 @@ def test_unknown_option_lists_valid_ones() -> None:
 
 
 def test_badly_typed_option() -> None:
-    with pytest.raises(ConfigurationError, match="'keep_job_dirs'"):
-        RemoteExecutor("local", keep_job_dirs="yes")
+    with pytest.raises(ConfigurationError, match="'max_tasks_per_child'"):
+        RemoteExecutor("local", max_tasks_per_child="yes")
 
 
 def test_configuration_error_is_a_value_error() -> None:
@@ -255,7 +254,7 @@ def test_configuration_error_is_a_value_error() -> None:
         RemoteExecutor("nonesuch")
 
 
-@pytest.mark.parametrize("bad", ["", None, 3])
+@pytest.mark.parametrize("bad", ["", None, 3.0])
 def test_target_must_be_a_name(bad: object) -> None:
     with pytest.raises(ConfigurationError):
         RemoteExecutor(bad)  # type: ignore[arg-type]

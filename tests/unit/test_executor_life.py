@@ -140,13 +140,13 @@ def nap(seconds):
 if __name__ == "__main__":
     how, work = sys.argv[1], sys.argv[2]
     if how == "with":
-        with RemoteExecutor("local", max_workers=2, work_dir=work) as ex:
+        with RemoteExecutor("local", max_workers=2) as ex:
             futures = [ex.submit(nap, 30) for _ in range(6)]
             print("started", flush=True)
             for f in futures:
                 f.result()
     else:
-        ex = RemoteExecutor("local", max_workers=2, work_dir=work)
+        ex = RemoteExecutor("local", max_workers=2)
         print("started", flush=True)
         for r in ex.map(nap, [30] * 6):
             pass

@@ -37,6 +37,7 @@ EXPECTED_ALL = [
     "SerializationError",
     "SubmissionError",
     "TransportError",
+    "WorkerDiedError",
 ]
 
 

@@ -1,0 +1,334 @@
+"""The persistent worker: a long-lived process that takes tasks over a pipe and runs their calls.
+
+The local pool starts it through ``multiprocessing`` (``runpy.run_path`` of this file as the
+``Process`` target), so that what ``multiprocessing`` knows how to hand to a child it starts --
+a ``Queue``, ``Lock`` or ``Semaphore`` in ``initargs``, the parent's authentication key that
+``Manager`` proxies need -- arrives exactly as with ``ProcessPoolExecutor``. Like ``worker.py``
+it imports only the standard library and cloudpickle (it does not import the ``remote_futures``
+package): the envelope format and the call runner's helpers come from ``worker.py`` beside it.
+
+Messages on the connection (``Connection.send_bytes``), each one frame::
+
+    parent -> worker   b"X" + key(8) + task payload     run a task (a ``task-<i>.in`` envelope)
+                       b"K" + key(8)                     skip that task if not started yet
+                       b"Q"                              exit once idle
+    worker -> parent   b"H" + pid(8)                     hello, once
+                       b"C" + index(8) + outcome         one call's outcome envelope
+                       b"D" + key(8) + index(8) + outcome  the task's last call; the task ended
+                       b"T" + key(8)                     the task ended (skipped)
+                       b"O" + bytes                      what a call printed (remote hosts)
+
+Tasks run in the order they were sent, so the parent knows which one a worker is running (the
+oldest it sent and has not heard the end of) without being told.
+
+A function is unpickled once per worker and kept, keyed by a digest of its pickled bytes: the
+calls of one function (pickled once by the client and embedded in every call) then cost their
+arguments only, as module-level functions do with ``ProcessPoolExecutor``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import sys
+import traceback
+import types
+from typing import Any
+
+_KEY = 8
+#: Unpickled functions kept per worker (by their pickled bytes), most recently used last.
+_FUNCTION_CACHE_SIZE = 32
+
+
+def _load_protocol(path: str | None = None) -> types.ModuleType:
+    """``worker.py`` (beside this file unless ``path`` says where), imported by path, not as
+    part of the package."""
+    name = "_remote_futures_worker_protocol"
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location(name, path or os.path.join(here, "worker.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Functions:
+    """Functions unpickled in this worker, keyed by a digest of their pickled bytes (LRU)."""
+
+    def __init__(self) -> None:
+        self._cache: collections.OrderedDict[bytes, Any] = collections.OrderedDict()
+
+    def loads(self, blob: bytes) -> Any:
+        # Keyed by a digest, so that the cache does not keep the pickled bytes themselves.
+        key = hashlib.blake2b(blob, digest_size=20).digest()
+        found = self._cache.get(key)
+        if found is not None:
+            self._cache.move_to_end(key)
+            return found
+        value = pickle.loads(blob)
+        if callable(value):  # only functions: other values may be mutated by a call
+            self._cache[key] = value
+            if len(self._cache) > _FUNCTION_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return value
+
+
+class _CallUnpickler(pickle.Unpickler):
+    """Unpickles a call; the function inside it (``pickle.loads(<bytes>)``, as the client
+    embeds it) comes from the per-worker cache."""
+
+    functions = _Functions()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "loads" and module in ("_pickle", "pickle"):
+            return self.functions.loads
+        return super().find_class(module, name)
+
+
+def run_call(blob: bytes, proto: types.ModuleType) -> dict[str, Any]:
+    """Run one pickled call; its outcome envelope (as ``worker.py`` writes it)."""
+    import cloudpickle
+
+    try:
+        fn, args, kwargs = _CallUnpickler(io.BytesIO(blob)).load()
+    except BaseException as exc:
+        result: dict[str, Any] = proto._unpickle_error(exc)
+        return result
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            pickled: bytes | None = cloudpickle.dumps(exc)
+        except BaseException:
+            pickled = None
+        return {
+            "format": proto.FORMAT,
+            "kind": proto.EXCEPTION,
+            "exception": pickled,
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "repr": repr(exc),
+            "traceback": tb,
+        }
+    try:
+        return {"format": proto.FORMAT, "kind": proto.VALUE, "value": cloudpickle.dumps(value)}
+    except BaseException as exc:
+        error: dict[str, Any] = proto._error(
+            proto.PICKLE_RESULT,
+            f"the call returned a {type(value).__qualname__} that cannot be pickled: {exc!r}",
+            traceback.format_exc(),
+        )
+        return error
+
+
+def _redirect(fd: int, conn: Any) -> None:
+    """Point this process's ``fd`` at the write end of a pipe the parent reads."""
+    if conn is None:
+        return
+    os.dup2(conn.fileno(), fd)
+    conn.close()
+
+
+def serve(
+    conn: Any,
+    stdout: Any = None,
+    stderr: Any = None,
+    initializer: bytes | None = None,
+    initargs: tuple[Any, ...] = (),
+    *,
+    protocol: str | None = None,
+    code_dir: str | None = None,
+    captured_stdout: int | None = None,
+) -> None:
+    """Take tasks from ``conn`` until told to stop or the parent goes away.
+
+    ``initializer`` is the cloudpickled initializer; ``initargs`` arrive as the start method
+    delivered them (so multiprocessing's synchronisation objects work in them). ``protocol``
+    is the path of ``worker.py``; ``code_dir`` holds the caller's code bundles (remote hosts);
+    ``captured_stdout``, a file the calls' stdout goes to, is sent after each call (``O``).
+    """
+    _redirect(1, stdout)
+    _redirect(2, stderr)
+    proto = _load_protocol(protocol)
+    conn.send_bytes(b"H" + os.getpid().to_bytes(_KEY, "big"))
+    failure: dict[str, Any] | None = None
+    if initializer is not None:
+        try:
+            import cloudpickle
+
+            function = cloudpickle.loads(initializer)
+            function(*initargs)
+        except BaseException as exc:
+            failure = proto._error(
+                proto.INITIALIZER, f"the initializer raised {exc!r}", traceback.format_exc()
+            )
+        finally:
+            _flush()
+    pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
+    skipped: set[bytes] = set()
+    envelope_initializer_done = False
+    checked_environment = False
+
+    def take(message: bytes) -> bool:
+        kind = message[:1]
+        if kind == b"X":
+            pending.append((message[1 : 1 + _KEY], message[1 + _KEY :]))
+        elif kind == b"K":
+            skipped.add(message[1 : 1 + _KEY])
+        elif kind == b"Q":
+            return False
+        return True
+
+    while True:
+        try:
+            # Read everything waiting (cancellations of tasks sent ahead among it), and block
+            # only when there is nothing to run.
+            while not pending or conn.poll(0):
+                if not take(conn.recv_bytes()):
+                    return
+        except (EOFError, OSError):
+            return  # the parent went away
+        key, payload = pending.popleft()
+        if key in skipped:
+            skipped.discard(key)
+            conn.send_bytes(b"T" + key)
+            continue
+        envelope = pickle.loads(payload)
+        for entry in envelope.get("sys_path", ()):
+            if entry not in sys.path:
+                sys.path.append(entry)
+        if envelope.get("code") and code_dir:
+            # The caller's own modules, uploaded as a zip: first, as the script's directory
+            # is first on the caller's side.
+            bundle = os.path.join(code_dir, envelope["code"])
+            if bundle not in sys.path:
+                sys.path.insert(0, bundle)
+        if failure is None and not checked_environment:
+            checked_environment = True
+            failure = proto._environment_problem(envelope)
+        problem = failure
+        if (problem is None and not envelope_initializer_done
+                and envelope.get("initializer") is not None):
+            # An initializer the executor did not hand to the pool itself: once per worker.
+            envelope_initializer_done = True
+            try:
+                import cloudpickle
+
+                function, args = cloudpickle.loads(envelope["initializer"])
+                function(*args)
+            except BaseException as exc:
+                failure = problem = proto._error(
+                    proto.INITIALIZER, f"the initializer raised {exc!r}", traceback.format_exc()
+                )
+        calls = envelope["calls"]
+        for position, (index, blob) in enumerate(calls):
+            outcome = problem if problem is not None else run_call(blob, proto)
+            _flush()
+            if captured_stdout is not None:
+                printed = _take(captured_stdout)
+                if printed:
+                    conn.send_bytes(b"O" + printed)
+            data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+            # The last call's outcome also says the task is done: one message, not two.
+            head = b"D" + key if position == len(calls) - 1 else b"C"
+            conn.send_bytes(head + index.to_bytes(_KEY, "big") + data)
+
+
+def _take(fd: int) -> bytes:
+    """What was written to the file at ``fd`` since the last time, emptying it."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return b"".join(chunks)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class _StreamChannel:
+    """Messages framed by a 4-byte length on a pair of file descriptors (a worker on a remote
+    host, fed over an SSH channel's stdin and stdout)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read = read_fd
+        self._write = write_fd
+
+    def poll(self, timeout: float) -> bool:
+        import select
+
+        return bool(select.select([self._read], [], [], timeout)[0])
+
+    def _exactly(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self._read, min(size, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def recv_bytes(self) -> bytes:
+        return self._exactly(int.from_bytes(self._exactly(4), "big"))
+
+    def send_bytes(self, data: bytes) -> None:
+        view = memoryview(len(data).to_bytes(4, "big") + data)
+        while view:
+            view = view[os.write(self._write, view) :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``worker_loop.py --serve [--protocol WORKER_PY] [--code-dir DIR]``: take tasks framed
+    on stdin, answer on stdout. The calls' own stdout goes to an unlinked file, sent as a frame
+    after each call (stdout carries the frames); their stdin is /dev/null."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="remote_futures worker loop")
+    parser.add_argument("--serve", action="store_true", required=True)
+    parser.add_argument("--protocol", default=None)
+    parser.add_argument("--code-dir", default=None)
+    args = parser.parse_args(argv)
+    here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
+        del sys.path[0]  # the work directory must not shadow the user's modules
+    frames_in, frames_out = os.dup(0), os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        serve(_StreamChannel(frames_in, frames_out), protocol=args.protocol,
+              code_dir=args.code_dir, captured_stdout=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+# Started by the pool as ``runpy.run_path(<this file>, init_globals, "__rf_worker__")``.
+if __name__ == "__rf_worker__" and "__rf_conn__" in globals():
+    serve(
+        globals()["__rf_conn__"],
+        globals().get("__rf_stdout__"),
+        globals().get("__rf_stderr__"),
+        globals().get("__rf_initializer__"),
+        tuple(globals().get("__rf_initargs__", ())),
+    )
