@@ -70,6 +70,18 @@ def _remote(target: str, component: str) -> ContractFactory:
     return factory
 
 
+def _ec2(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """EC2 on moto's API, every instance a local "VM" booted from its own user data and reached
+    only on 127.0.0.1 (tests/ec2/fakecloud.py): no AWS account, no testbed."""
+    ec2_tests = str(TESTS_DIR / "ec2")
+    if ec2_tests not in sys.path:
+        sys.path.insert(0, ec2_tests)
+    from fakecloud import start_cloud
+
+    cloud = start_cloud(request)
+    return {"target": "ec2", **cloud.options()}
+
+
 #: Every transport the contract suite runs against: name -> factory (see the module docstring).
 CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "local": _local,
@@ -77,6 +89,7 @@ CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "slurm": _remote("slurm", "slurm"),
     "pbs": _remote("pbs", "pbs"),
     "sge": _remote("sge", "sge"),
+    "ec2": _ec2,
 }
 
 #: The names the contract suite is parametrized over, in order (derived: edit the dict above).

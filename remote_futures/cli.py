@@ -1,0 +1,146 @@
+"""The ``remote-futures`` command line (also ``python -m remote_futures``).
+
+Subcommands are registered in :data:`COMMANDS` (name -> a function adding its parser), so that
+more can be added without touching the others. Today: ``sweep ec2`` and ``sweep kubernetes``,
+which remove what executor sessions that died left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+import anyio
+
+from .errors import RemoteFuturesError
+
+__all__ = ["COMMANDS", "main"]
+
+
+def _sweep_ec2(args: argparse.Namespace) -> int:
+    from .transports.ec2_sweep import sweep
+
+    report = anyio.run(
+        lambda: sweep(
+            args.region,
+            endpoint_url=args.endpoint_url,
+            profile=args.profile,
+            all_sessions=args.all,
+        )
+    )
+    for iid in report.terminated:
+        print(f"terminated {iid}")
+    for group in report.security_groups_deleted:
+        print(f"deleted security group {group}")
+    for iid in report.kept:
+        print(f"kept {iid} (its session is alive; --all to terminate it too)")
+    if not report.terminated and not report.security_groups_deleted:
+        print("nothing to sweep")
+    return 0
+
+
+def _sweep_kubernetes(args: argparse.Namespace) -> int:
+    try:
+        module = importlib.import_module("remote_futures.transports.kubernetes")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("remote_futures"):
+            print("error: this version of remote_futures has no kubernetes transport",
+                  file=sys.stderr)
+            return 2
+        raise
+    sweep = getattr(module, "sweep", None)
+    if sweep is None:
+        print("error: the kubernetes transport of this version offers no sweep",
+              file=sys.stderr)
+        return 2
+    wanted: dict[str, object] = {
+        "namespace": args.namespace,
+        "context": args.context,
+        "kubeconfig": args.kubeconfig,
+        "older_than": 0.0 if args.all else args.older_than,
+        "dry_run": args.dry_run or None,
+    }
+    # Pass what was given and what the function accepts (its defaults stand for the rest).
+    accepted = inspect.signature(sweep).parameters
+    kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+    result = sweep(**kwargs)
+    if inspect.isawaitable(result):
+        awaitable = result
+
+        async def wait() -> object:
+            return await awaitable
+
+        result = anyio.run(wait)
+    if isinstance(result, (list, tuple)):
+        for session in result:
+            print(f"swept session {session}")
+        if not result:
+            print("nothing to sweep")
+    elif result is not None:
+        print(result)
+    return 0
+
+
+def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "sweep", help="remove what dead executor sessions left behind (instances, jobs)"
+    )
+    kinds = parser.add_subparsers(dest="kind", required=True, metavar="{ec2,kubernetes}")
+    ec2 = kinds.add_parser(
+        "ec2", help="terminate EC2 instances (and security groups) of dead sessions"
+    )
+    ec2.add_argument("--region", required=True, help="the AWS region")
+    ec2.add_argument("--endpoint-url", help="another EC2 endpoint (an emulator)")
+    ec2.add_argument("--profile", help="a profile of the AWS config")
+    ec2.add_argument("--all", action="store_true",
+                     help="every instance this tool launched, live sessions too")
+    ec2.set_defaults(run=_sweep_ec2)
+    k8s = kinds.add_parser("kubernetes", help="delete Jobs and Secrets of dead sessions")
+    k8s.add_argument("--namespace", help="the namespace")
+    k8s.add_argument("--context", help="a context of the kubeconfig")
+    k8s.add_argument("--kubeconfig", help="a kubeconfig file")
+    k8s.add_argument("--older-than", type=float, help="seconds without a heartbeat: dead")
+    k8s.add_argument("--dry-run", action="store_true", help="only list what would go")
+    k8s.add_argument("--all", action="store_true", help="every session's objects")
+    k8s.set_defaults(run=_sweep_kubernetes)
+
+
+#: Subcommand name -> the function adding its parser (which sets ``run`` on the namespace).
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
+    "sweep": _add_sweep,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="remote-futures", description="Tools around remote_futures executors."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS.values():
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        status: int = args.run(args)
+    except (RemoteFuturesError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # The cloud SDKs' own errors (no credentials, access denied, unknown region) say
+        # what is wrong; a traceback would only hide it.
+        if type(exc).__module__.split(".")[0] in ("botocore", "aiobotocore", "kubernetes_asyncio"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return status
