@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 
-from .config import resolve_target
+from .config import EXECUTOR_KEYS, ResolvedTarget, resolve_target
 from .core import Engine, RemoteFuture
 from .errors import BrokenRemoteExecutor, ConfigurationError
 from .ledger import Call
@@ -134,7 +134,7 @@ class RemoteExecutor(concurrent.futures.Executor):
 
     ``target`` is a transport name (``local``, ``ssh``, ``slurm``, ``pbs``, ``sge``) or the name
     of a profile in the config file (see :mod:`remote_futures.config`); ``options`` are the
-    transport's options and override the profile's. Unknown names raise
+    transport's options and, like ``max_workers``, override the profile's. Unknown names raise
     :class:`~remote_futures.errors.ConfigurationError` listing the valid ones.
 
     ``max_workers`` caps how many jobs (array tasks) run at once; default: the transport's
@@ -155,7 +155,12 @@ class RemoteExecutor(concurrent.futures.Executor):
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
-        self._transport = _make_transport(target, options, max_workers)
+        resolved = resolve_target(target, options)
+        # The profile's executor keywords, overridden by the ones given here.
+        given = {"max_workers": max_workers}
+        settings = {**resolved.executor_options,
+                    **{key: value for key, value in given.items() if value is not None}}
+        self._transport = _make_transport(resolved, settings.get("max_workers"))
         self._resources: Resources = getattr(self._transport.options, "resources", None) or (
             Resources()
         )
@@ -348,14 +353,14 @@ async def _async_results(futures: list[RemoteFuture[T]]) -> AsyncIterator[T]:
             future.cancel()
 
 
-def _make_transport(target: str, options: dict[str, Any], max_workers: int | None) -> Transport:
-    resolved = resolve_target(target, options)
+def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transport:
     cls = transport_class(resolved.transport)
     valid = {field.name for field in dataclasses.fields(cls.Options)}
     for key in sorted(resolved.profile_keys - valid):
         raise ConfigurationError(
             f"{resolved.profile_source}: unknown key {key!r} for transport "
-            f"{resolved.transport!r}; valid keys: transport, {', '.join(sorted(valid))}"
+            f"{resolved.transport!r}; valid keys: transport, "
+            f"{', '.join(sorted(valid | set(EXECUTOR_KEYS)))}"
         )
     parsed = build_options(cls.Options, resolved.options, where=resolved.source)
     return cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
