@@ -24,6 +24,7 @@ from .config import EXECUTOR_KEYS, ResolvedTarget, resolve_target
 from .core import Engine, RemoteFuture
 from .errors import BrokenRemoteExecutor, ConfigurationError
 from .ledger import Call
+from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
 from .planning import Request
 from .resources import Resources
 from .serialization import CallPickler, dumps_initializer, user_code
@@ -161,6 +162,10 @@ class RemoteExecutor(concurrent.futures.Executor):
         settings = {**resolved.executor_options,
                     **{key: value for key, value in given.items() if value is not None}}
         self._transport = _make_transport(resolved, settings.get("max_workers"))
+        if resolved.transport in SCHEDULER_COMMANDS and self._transport.options.host is None:
+            # No host: this machine is the login node. Say so now if it is not, before a
+            # connection is opened or an environment built.
+            check_scheduler_here(resolved.transport)
         self._resources: Resources = getattr(self._transport.options, "resources", None) or (
             Resources()
         )
