@@ -419,8 +419,8 @@ class Engine:
         self._active[handle] = job
         if job.grant < job.unended:
             self._throttled[job] = None
-        log.debug("submitted job %s (%d tasks, %d at once)", handle.job_id, len(job.tasks),
-                  job.grant)
+        log.info("submitted %s job %s (%d task(s), %d at once)", self.transport.describe,
+                 handle.job_id, len(job.tasks), job.grant)
         # Calls cancelled during the submission: cancel their tasks in the scheduler now.
         unwanted = [task for task in job.tasks if not any(c.unsettled for c in task.calls)]
         if unwanted:

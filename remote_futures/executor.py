@@ -25,6 +25,7 @@ from .core import Engine, RemoteFuture
 from .errors import BrokenRemoteExecutor, ConfigurationError
 from .ledger import Call
 from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
+from .logs import quiet_third_party
 from .planning import Request
 from .resources import Resources
 from .serialization import CallPickler, dumps_initializer, user_code
@@ -156,6 +157,7 @@ class RemoteExecutor(concurrent.futures.Executor):
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
+        quiet_third_party()
         resolved = resolve_target(target, options)
         # The profile's executor keywords, overridden by the ones given here.
         given = {"max_workers": max_workers}
