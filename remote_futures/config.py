@@ -9,7 +9,7 @@ config directory (``~/.config/remote_futures/config.toml`` on Linux)::
     user = "me"
     resources = { cpus = 4, memory = "8G", walltime = "01:00:00", queue = "short" }
 
-A profile's ``transport`` key names the transport; ``max_workers`` is one of the
+A profile's ``transport`` key names the transport; ``max_workers`` and ``retries`` are the
 executor's own keywords (:data:`EXECUTOR_KEYS`); its other keys are that transport's options
 (``resources``, ``env``, ``host``...). Keyword arguments given to ``RemoteExecutor`` override the
 profile's.
@@ -38,7 +38,7 @@ __all__ = [
 
 #: Keywords of ``RemoteExecutor`` itself (not of a transport) that a profile may set, and the
 #: smallest value each accepts. ``initializer`` is code, not data: it has no place in a file.
-EXECUTOR_KEYS: dict[str, int] = {"max_workers": 1}
+EXECUTOR_KEYS: dict[str, int] = {"max_workers": 1, "retries": 0}
 
 
 def config_path() -> Path:

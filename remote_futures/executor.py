@@ -28,6 +28,7 @@ from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
 from .logs import quiet_third_party
 from .planning import Request
 from .resources import Resources
+from .retry import RetryPolicy
 from .serialization import CallPickler, dumps_initializer, user_code
 from .transports import transport_class
 from .transports.base import Transport, build_options
@@ -143,6 +144,12 @@ class RemoteExecutor(concurrent.futures.Executor):
     (the CPU count for ``local``). ``initializer(*initargs)`` runs in each worker process before
     its first call; if it raises, the executor breaks (:class:`BrokenRemoteExecutor`).
 
+    ``retries=N`` (default 0) runs a call up to N more times when it was lost rather than
+    failed: its worker process died (a signal, ``os._exit``, out of memory) or the
+    infrastructure lost it (``NODE_FAIL``, ``PREEMPTED``, ``BOOT_FAIL``, ``VANISHED``...). A call
+    that raised is not retried unless ``retry_on=(ExcType, ...)`` names its exception. Each
+    retry is logged; the final error lists every attempt (see :mod:`remote_futures.retry`).
+
     An executor dropped while work is pending finishes that work, then releases its jobs.
     """
 
@@ -153,6 +160,8 @@ class RemoteExecutor(concurrent.futures.Executor):
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (),
+        retries: int | None = None,
+        retry_on: Sequence[type[BaseException]] | None = None,
         **options: Any,
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
@@ -160,9 +169,10 @@ class RemoteExecutor(concurrent.futures.Executor):
         quiet_third_party()
         resolved = resolve_target(target, options)
         # The profile's executor keywords, overridden by the ones given here.
-        given = {"max_workers": max_workers}
+        given = {"max_workers": max_workers, "retries": retries}
         settings = {**resolved.executor_options,
                     **{key: value for key, value in given.items() if value is not None}}
+        retry = RetryPolicy.from_arguments(settings.get("retries"), retry_on)
         self._transport = _make_transport(resolved, settings.get("max_workers"))
         if resolved.transport in SCHEDULER_COMMANDS and self._transport.options.host is None:
             # No host: this machine is the login node. Say so now if it is not, before a
@@ -177,6 +187,7 @@ class RemoteExecutor(concurrent.futures.Executor):
             self._transport,
             initializer=dumps_initializer(initializer, initargs),
             sys_path=[] if self._ships_code else list(sys.path),
+            retry=retry,
         )
         self._lock = threading.Lock()
         self._shutdown = False

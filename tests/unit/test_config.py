@@ -338,3 +338,22 @@ def test_unknown_key_lists_executor_keys_too(write_config: Callable[[str], Path]
     with pytest.raises(ConfigurationError) as info:
         RemoteExecutor("typo")
     assert "'max_worker'" in str(info.value) and "max_workers" in str(info.value)
+
+
+def test_profile_sets_retries_and_keywords_override_it(
+    write_config: Callable[[str], Path], executors: list[RemoteExecutor]
+) -> None:
+    write_config('[profiles.mine]\ntransport = "local"\nretries = 2\n')
+    assert resolve_target("mine", {}).executor_options == {"retries": 2}
+    ex = RemoteExecutor("mine", max_workers=1)
+    executors.append(ex)
+    assert ex._engine._retry.retries == 2
+    none = RemoteExecutor("mine", max_workers=1, retries=0)
+    executors.append(none)
+    assert none._engine._retry.retries == 0
+
+
+def test_negative_retries_in_a_profile_names_the_key(write_config: Callable[[str], Path]) -> None:
+    write_config('[profiles.mine]\ntransport = "local"\nretries = -1\n')
+    with pytest.raises(ConfigurationError, match="'retries' must be an integer >= 0"):
+        RemoteExecutor("mine")
