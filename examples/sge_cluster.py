@@ -14,6 +14,8 @@ def fit(seed: int) -> int:
 
 
 def main() -> None:
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: python {sys.argv[0]} LOGIN_HOST USER\n{__doc__}")
     host, user = sys.argv[1], sys.argv[2]
     with RemoteExecutor(
         "sge", host=host, user=user, max_workers=50,

@@ -14,6 +14,8 @@ def simulate(x: int) -> int:
 
 
 def main() -> None:
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: python {sys.argv[0]} LOGIN_HOST USER\n{__doc__}")
     host, user = sys.argv[1], sys.argv[2]
     with RemoteExecutor(
         "slurm", host=host, user=user,
