@@ -9,8 +9,8 @@ config directory (``~/.config/remote_futures/config.toml`` on Linux)::
     user = "me"
     resources = { cpus = 4, memory = "8G", walltime = "01:00:00", queue = "short" }
 
-A profile's ``transport`` key names the transport; ``max_workers`` and ``retries`` are the
-executor's own keywords (:data:`EXECUTOR_KEYS`); its other keys are that transport's options
+A profile's ``transport`` key names the transport; ``max_workers``, ``retries`` and ``progress``
+are the executor's own keywords (:data:`EXECUTOR_KEYS`); its other keys are that transport's options
 (``resources``, ``env``, ``host``...). Keyword arguments given to ``RemoteExecutor`` override the
 profile's.
 """
@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 #: Keywords of ``RemoteExecutor`` itself (not of a transport) that a profile may set, and the
-#: smallest value each accepts. ``initializer`` is code, not data: it has no place in a file.
-EXECUTOR_KEYS: dict[str, int] = {"max_workers": 1, "retries": 0}
+#: smallest value each accepts (None: a boolean). ``initializer`` and ``retry_on`` are code,
+#: not data: they have no place in a file.
+EXECUTOR_KEYS: dict[str, int | None] = {"max_workers": 1, "retries": 0, "progress": None}
 
 
 def config_path() -> Path:
@@ -138,9 +139,13 @@ def resolve_target(target: str, overrides: dict[str, Any]) -> ResolvedTarget:
     )
 
 
-def _executor_value(key: str, value: Any, where: str) -> int:
+def _executor_value(key: str, value: Any, where: str) -> int | bool:
     """Check an executor keyword read from a profile; the error names the file and the key."""
     least = EXECUTOR_KEYS[key]
+    if least is None:
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{where}: key {key!r} must be true or false, got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ConfigurationError(
             f"{where}: key {key!r} must be an integer >= {least}, got {value!r}"

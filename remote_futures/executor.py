@@ -27,6 +27,7 @@ from .ledger import Call
 from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
 from .logs import quiet_third_party
 from .planning import Request
+from .progress import MapProgress, require_tqdm
 from .resources import Resources
 from .retry import RetryPolicy
 from .serialization import CallPickler, dumps_initializer, user_code
@@ -150,6 +151,9 @@ class RemoteExecutor(concurrent.futures.Executor):
     that raised is not retried unless ``retry_on=(ExcType, ...)`` names its exception. Each
     retry is logged; the final error lists every attempt (see :mod:`remote_futures.retry`).
 
+    ``progress=True`` shows a bar per ``map`` on stderr (queued, running, done, failed); it
+    needs tqdm (the ``[progress]`` extra).
+
     An executor dropped while work is pending finishes that work, then releases its jobs.
     """
 
@@ -162,6 +166,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         initargs: Sequence[Any] = (),
         retries: int | None = None,
         retry_on: Sequence[type[BaseException]] | None = None,
+        progress: bool | None = None,
         **options: Any,
     ) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
@@ -169,10 +174,13 @@ class RemoteExecutor(concurrent.futures.Executor):
         quiet_third_party()
         resolved = resolve_target(target, options)
         # The profile's executor keywords, overridden by the ones given here.
-        given = {"max_workers": max_workers, "retries": retries}
+        given = {"max_workers": max_workers, "retries": retries, "progress": progress}
         settings = {**resolved.executor_options,
                     **{key: value for key, value in given.items() if value is not None}}
         retry = RetryPolicy.from_arguments(settings.get("retries"), retry_on)
+        self._progress = bool(settings.get("progress"))
+        if self._progress:
+            require_tqdm()
         self._transport = _make_transport(resolved, settings.get("max_workers"))
         if resolved.transport in SCHEDULER_COMMANDS and self._transport.options.host is None:
             # No host: this machine is the login node. Say so now if it is not, before a
@@ -290,9 +298,12 @@ class RemoteExecutor(concurrent.futures.Executor):
         if not blobs:
             return []
         size = chunksize or self._transport.default_chunksize(len(blobs))
-        return self._enqueue(
+        futures: list[RemoteFuture[T]] = self._enqueue(
             [blobs[i : i + size] for i in range(0, len(blobs), size)], resources, coalesce=False
         )
+        if self._progress:
+            MapProgress(futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})")
+        return futures
 
     def _submit_future(
         self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any],
