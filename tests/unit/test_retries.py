@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from remote_futures import ConfigurationError, JobFailedError, RemoteExecutor
-from remote_futures.jobs import TaskState
+from remote_futures.jobs import JobHandle, JobStatus, TaskState, TaskStatus
 from remote_futures.retry import RetryPolicy
+from remote_futures.transports import TRANSPORTS
+from remote_futures.transports.mock import MockTransport
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -164,6 +167,68 @@ def test_the_final_error_lists_every_attempt(
     assert all("state FAILED" in a.what and "exit code 5" in a.what for a in attempts)
     notes = "\n".join(getattr(info.value, "__notes__", []))
     assert "ran 3 times" in notes and "attempt 3:" in notes
+
+
+# --- infrastructure losing a job (a fake scheduler) ---------------------------------------------
+
+#: The state the first job's tasks end in, as a scheduler whose node failed would report it.
+LOSE_STATE = TaskState.NODE_FAIL
+
+
+class LosingMock(MockTransport):
+    """The in-memory transport, except that the first job's tasks end in ``LOSE_STATE`` and
+    their outcomes are never seen (the node that held them is gone)."""
+
+    name = "losing-mock"
+
+    async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
+        statuses = await super().poll(jobs)
+        first = self.submitted[0].name
+        for handle, status in list(statuses.items()):
+            if handle.spec.name == first:
+                tasks = {
+                    index: TaskStatus(LOSE_STATE, LOSE_STATE.value) if seen.state.terminal
+                    else seen
+                    for index, seen in status.tasks.items()
+                }
+                statuses[handle] = JobStatus(tasks, frozenset())
+        return statuses
+
+
+@pytest.fixture
+def losing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[TaskState], None]]:
+    monkeypatch.setitem(TRANSPORTS, "losing-mock", f"{__name__}:LosingMock")
+
+    def lose_with(state: TaskState) -> None:
+        monkeypatch.setattr(sys.modules[__name__], "LOSE_STATE", state)
+
+    yield lose_with
+
+
+@pytest.mark.parametrize("state", [TaskState.NODE_FAIL, TaskState.PREEMPTED,
+                                   TaskState.BOOT_FAIL, TaskState.VANISHED])
+def test_a_call_the_infrastructure_lost_is_retried(
+    losing: Callable[[TaskState], None], make: list[RemoteExecutor], state: TaskState
+) -> None:
+    losing(state)
+    ex = RemoteExecutor("losing-mock", max_workers=2, retries=1)
+    make.append(ex)
+    assert list(ex.map(abs, [-1, -2, -3])) == [1, 2, 3]
+    assert len(ex.transport.submitted) == 2  # type: ignore[attr-defined]
+    # The three lost calls went out again together, one task each.
+    assert len(ex.transport.submitted[1].tasks) == 3  # type: ignore[attr-defined]
+
+
+def test_a_timed_out_call_is_not_retried(
+    losing: Callable[[TaskState], None], make: list[RemoteExecutor]
+) -> None:
+    losing(TaskState.TIMEOUT)
+    ex = RemoteExecutor("losing-mock", max_workers=1, retries=3)
+    make.append(ex)
+    with pytest.raises(JobFailedError) as info:
+        ex.submit(abs, -1).result(timeout=60)
+    assert info.value.state == "TIMEOUT"
+    assert len(ex.transport.submitted) == 1  # type: ignore[attr-defined]
 
 
 # --- the policy, pure ---------------------------------------------------------------------------
