@@ -33,7 +33,7 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.mark.parametrize("target", ["slurm", "sge"])
+@pytest.mark.parametrize("target", ["slurm", "sge", "pbs"])
 def test_a_lost_call_is_retried_on_a_scheduler(
     remote_executor: Callable[..., RemoteExecutor], shared_dir: Path, target: str
 ) -> None:
