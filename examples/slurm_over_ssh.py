@@ -3,7 +3,7 @@
     python examples/slurm_over_ssh.py login.hpc.example.org me
 """
 
-import argparse
+import sys
 
 from remote_futures import RemoteExecutor, Resources
 
@@ -14,11 +14,9 @@ def simulate(x: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("host", help="the login host (or an alias from ~/.ssh/config)")
-    parser.add_argument("user", help="your user name on that host")
-    args = parser.parse_args()
-    host, user = args.host, args.user
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: python {sys.argv[0]} LOGIN_HOST USER\n{__doc__}")
+    host, user = sys.argv[1], sys.argv[2]
     with RemoteExecutor(
         "slurm", host=host, user=user,
         resources=Resources(cpus=1, memory="1G", walltime="00:10:00", partition="short",

@@ -1,8 +1,9 @@
 """The ``remote-futures`` command line (also ``python -m remote_futures``).
 
 Subcommands are registered in :data:`COMMANDS` (name -> a function adding its parser), so that
-more can be added without touching the others. Today: ``sweep ec2`` and ``sweep kubernetes``,
-which remove what executor sessions that died left behind.
+more can be added without touching the others. Today: ``check TARGET [--option value ...]``
+(can this target run calls? see :mod:`remote_futures.check`), and ``sweep ec2`` and
+``sweep kubernetes``, which remove what executor sessions that died left behind.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -85,6 +87,48 @@ def _sweep_kubernetes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_target, format_report
+
+    words = list(args.options)
+    as_json = "--json" in words
+    words = [word for word in words if word != "--json"]
+    options: dict[str, object] = {}
+    while words:
+        flag = words.pop(0)
+        if not flag.startswith("--") or not words:
+            print(f"error: expected --option value pairs, got {flag!r}", file=sys.stderr)
+            return 2
+        raw = words.pop(0)
+        try:  # numbers, true/false and tables (resources) as JSON; anything else is a string
+            value: object = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[flag[2:].replace("-", "_")] = value
+    report = check_target(args.target, options)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _add_check(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="connect to a target and say whether it can run calls (changes nothing)",
+        description="Connect to TARGET (a transport or a profile) and print the remote Python, "
+        "the scheduler and its version, the work directory and what environment sync would "
+        "install. Options are those of RemoteExecutor, as --name value (--host login1 "
+        "--user me --port 2222 --env off); --json for a machine-readable report. Exits 1 "
+        "with the problem found.",
+    )
+    parser.add_argument("target", help="a transport (ssh, slurm, pbs, sge) or a profile name")
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="--option value pairs, and --json")
+    parser.set_defaults(run=_check)
+
+
 def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "sweep", help="remove what dead executor sessions left behind (instances, jobs)"
@@ -111,6 +155,7 @@ def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 #: Subcommand name -> the function adding its parser (which sets ``run`` on the namespace).
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
+    "check": _add_check,
     "sweep": _add_sweep,
 }
 

@@ -9,8 +9,10 @@ config directory (``~/.config/remote_futures/config.toml`` on Linux)::
     user = "me"
     resources = { cpus = 4, memory = "8G", walltime = "01:00:00", queue = "short" }
 
-A profile's ``transport`` key names the transport; its other keys are that transport's options.
-Keyword arguments given to ``RemoteExecutor`` override the profile's.
+A profile's ``transport`` key names the transport; ``max_workers``, ``retries`` and ``progress``
+are the executor's own keywords (:data:`EXECUTOR_KEYS`); its other keys are that transport's options
+(``resources``, ``env``, ``host``...). Keyword arguments given to ``RemoteExecutor`` override the
+profile's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,18 @@ import platformdirs
 from .errors import ConfigurationError
 from .transports import PLANNED, TRANSPORTS
 
-__all__ = ["ResolvedTarget", "config_path", "load_profiles", "resolve_target"]
+__all__ = [
+    "EXECUTOR_KEYS",
+    "ResolvedTarget",
+    "config_path",
+    "load_profiles",
+    "resolve_target",
+]
+
+#: Keywords of ``RemoteExecutor`` itself (not of a transport) that a profile may set, and the
+#: smallest value each accepts (None: a boolean). ``initializer`` and ``retry_on`` are code,
+#: not data: they have no place in a file.
+EXECUTOR_KEYS: dict[str, int | None] = {"max_workers": 1, "retries": 0, "progress": None}
 
 
 def config_path() -> Path:
@@ -78,6 +91,9 @@ class ResolvedTarget:
     #: The keys that came from the profile, so that a bad one is reported against the file.
     profile_keys: frozenset[str] = frozenset()
     profile_source: str = ""
+    #: The profile's executor keywords (:data:`EXECUTOR_KEYS`), checked; the caller's own
+    #: keyword arguments override them.
+    executor_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def resolve_target(target: str, overrides: dict[str, Any]) -> ResolvedTarget:
@@ -104,9 +120,14 @@ def resolve_target(target: str, overrides: dict[str, Any]) -> ResolvedTarget:
                 f"{where}: key 'transport' = {transport!r} is not a transport; valid: "
                 f"{', '.join(TRANSPORTS)}"
             )
+        executor_options = {
+            key: _executor_value(key, table.pop(key), where)
+            for key in EXECUTOR_KEYS
+            if key in table
+        }
         return ResolvedTarget(
             transport, {**table, **overrides}, f"{where} or the keyword arguments",
-            frozenset(set(table) - set(overrides)), where,
+            frozenset(set(table) - set(overrides)), where, executor_options,
         )
     if target in TRANSPORTS or target in PLANNED:
         return ResolvedTarget(target, dict(overrides), "keyword arguments")
@@ -116,3 +137,17 @@ def resolve_target(target: str, overrides: dict[str, Any]) -> ResolvedTarget:
     raise ConfigurationError(
         f"unknown transport or profile {target!r}; transports: {', '.join(TRANSPORTS)}{known}"
     )
+
+
+def _executor_value(key: str, value: Any, where: str) -> int | bool:
+    """Check an executor keyword read from a profile; the error names the file and the key."""
+    least = EXECUTOR_KEYS[key]
+    if least is None:
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{where}: key {key!r} must be true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(
+            f"{where}: key {key!r} must be an integer >= {least}, got {value!r}"
+        )
+    return value

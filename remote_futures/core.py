@@ -37,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import copy
+import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
@@ -55,6 +57,8 @@ from .errors import (
 from .jobs import JobHandle, TaskState
 from .ledger import Call, Job, Task, apply_status
 from .planning import Request, drop_cancelled, encode_job, plan_jobs, take_tasks
+from .resources import Resources
+from .retry import Attempt, RetryPolicy, annotate, describe_failure
 from .serialization import InitializerFailed, decode_outcome
 from .transports.base import Transport
 
@@ -100,6 +104,17 @@ class RemoteFuture(concurrent.futures.Future[T]):
         return True
 
 
+@dataclasses.dataclass(eq=False)
+class _Resend:
+    """What running a call again needs (its pickled call, the caller's code, its resources),
+    and its failed attempts so far. Kept only when the executor has ``retries``."""
+
+    blob: bytes
+    code: Any
+    resources: Resources
+    attempts: list[Attempt] = dataclasses.field(default_factory=list)
+
+
 class Engine:
     """Drives one transport. Created in the facade; :meth:`run` runs on the event loop."""
 
@@ -109,8 +124,12 @@ class Engine:
         *,
         initializer: bytes | None = None,
         sys_path: Sequence[str] = (),
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.transport = transport
+        self._retry = retry or RetryPolicy()
+        #: Calls that may run again (``retries``): what a resubmission needs, by call.
+        self._resend: dict[Call, _Resend] = {}
         self._initializer = initializer
         self._sys_path = list(sys_path)
         self._queue: collections.deque[Request] = collections.deque()
@@ -387,6 +406,12 @@ class Engine:
         if job.grant > len(job.tasks):
             self._free += job.grant - len(job.tasks)
             job.grant = len(job.tasks)
+        if self._retry.retries:
+            # encode_job drops each call's bytes: keep them while another attempt may come.
+            for task in job.tasks:
+                for call in task.calls:
+                    if call not in self._resend and call.blob is not None:
+                        self._resend[call] = _Resend(call.blob, job.code, job.resources)
         spec = encode_job(
             job,
             max_concurrent=job.grant,
@@ -419,8 +444,8 @@ class Engine:
         self._active[handle] = job
         if job.grant < job.unended:
             self._throttled[job] = None
-        log.debug("submitted job %s (%d tasks, %d at once)", handle.job_id, len(job.tasks),
-                  job.grant)
+        log.info("submitted %s job %s (%d task(s), %d at once)", self.transport.describe,
+                 handle.job_id, len(job.tasks), job.grant)
         # Calls cancelled during the submission: cancel their tasks in the scheduler now.
         unwanted = [task for task in job.tasks if not any(c.unsettled for c in task.calls)]
         if unwanted:
@@ -555,7 +580,7 @@ class Engine:
             )
             for call in orphans:
                 if call.unsettled:
-                    self._finish(call, exception=error)
+                    self._fail_call(call, error, lost=True)
         return changed
 
     async def _release(self, job: Job) -> None:
@@ -582,7 +607,42 @@ class Engine:
             self._break_with(broken)
             self._finish(call, exception=broken)
         else:
-            self._finish(call, exception=value)
+            self._fail_call(call, value, lost=False)
+
+    def _fail_call(self, call: Call, error: BaseException, *, lost: bool) -> None:
+        """Fail ``call`` with ``error``, or run it again if the retry policy says so.
+        ``lost``: its task ended without its outcome; otherwise the call raised ``error``."""
+        resend = self._resend.get(call)
+        if resend is not None:
+            resend.attempts.append(Attempt(len(resend.attempts) + 1, describe_failure(error)))
+            future = call.future
+            if (
+                not self._stopping
+                and self.broken is None
+                and future is not None
+                and not future.cancelled()
+                and self._retry.should_retry(len(resend.attempts), error, lost=lost)
+            ):
+                self._run_again(call, resend)
+                return
+            if len(resend.attempts) > 1:
+                # One error object may be shared by the calls of a task: annotate a copy.
+                error = copy.copy(error) if isinstance(error, JobFailedError) else error
+                annotate(error, resend.attempts)
+        self._finish(call, exception=error)
+
+    def _run_again(self, call: Call, resend: _Resend) -> None:
+        """Queue ``call`` as a new request (a new job), its future untouched."""
+        fresh = Call(call.future, resend.blob)
+        del self._resend[call]
+        self._resend[fresh] = resend
+        log.info(
+            "retrying a call (attempt %d of %d) after %s",
+            len(resend.attempts) + 1, self._retry.retries + 1, resend.attempts[-1].what,
+        )
+        # Queued before the old call is counted out, so the engine never looks idle between.
+        self.enqueue(Request([[fresh]], resend.resources, True, resend.code))
+        self._count_out(call)
 
     def _finish(
         self, call: Call, *, result: Any = None, exception: BaseException | None = None
@@ -597,6 +657,7 @@ class Engine:
         _settle(future, result=result, exception=exception)
 
     def _count_out(self, call: Call) -> None:
+        self._resend.pop(call, None)
         job = call.job
         if job is not None:
             job.unsettled -= 1
@@ -683,6 +744,8 @@ class Engine:
 
 
 def _mark_running(future: concurrent.futures.Future[Any]) -> bool:
+    if future.running():
+        return True  # a retried call: running since its first attempt (asking again logs)
     try:
         return future.set_running_or_notify_cancel()
     except RuntimeError:

@@ -31,12 +31,16 @@ from typing import Any, TypeVar
 import anyio
 import anyio.from_thread
 
-from .config import resolve_target
+from .config import EXECUTOR_KEYS, ResolvedTarget, resolve_target
 from .core import Engine, RemoteFuture
 from .errors import BrokenRemoteExecutor, ConfigurationError
 from .ledger import Call
+from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
+from .logs import quiet_third_party
 from .planning import Request
+from .progress import MapProgress, require_tqdm
 from .resources import Resources
+from .retry import RetryPolicy
 from .serialization import CallPickler, dumps_initializer, user_code
 from .transports import transport_class
 from .transports.base import Transport, build_options
@@ -147,12 +151,21 @@ class RemoteExecutor(concurrent.futures.Executor):
 
     ``target`` is a transport name (``local``, ``ssh``, ``slurm``, ``pbs``, ``sge``) or the name
     of a profile in the config file (see :mod:`remote_futures.config`); ``options`` are the
-    transport's options and override the profile's. Unknown names raise
+    transport's options and, like ``max_workers``, override the profile's. Unknown names raise
     :class:`~remote_futures.errors.ConfigurationError` listing the valid ones.
 
     ``max_workers`` caps how many jobs (array tasks) run at once; default: the transport's
     (the CPU count for ``local``). ``initializer(*initargs)`` runs in each worker process before
     its first call; if it raises, the executor breaks (:class:`BrokenRemoteExecutor`).
+
+    ``retries=N`` (default 0) runs a call up to N more times when it was lost rather than
+    failed: its worker process died (a signal, ``os._exit``, out of memory) or the
+    infrastructure lost it (``NODE_FAIL``, ``PREEMPTED``, ``BOOT_FAIL``, ``VANISHED``...). A call
+    that raised is not retried unless ``retry_on=(ExcType, ...)`` names its exception. Each
+    retry is logged; the final error lists every attempt (see :mod:`remote_futures.retry`).
+
+    ``progress=True`` shows a bar per ``map`` on stderr (queued, running, done, failed); it
+    needs tqdm (the ``[progress]`` extra).
 
     An executor dropped while work is pending finishes that work, then releases its jobs.
     """
@@ -164,6 +177,9 @@ class RemoteExecutor(concurrent.futures.Executor):
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: Sequence[Any] = (),
+        retries: int | None = None,
+        retry_on: Sequence[type[BaseException]] | None = None,
+        progress: bool | None = None,
         **options: Any,
     ) -> None:
         if isinstance(target, int) and not isinstance(target, bool):
@@ -173,7 +189,22 @@ class RemoteExecutor(concurrent.futures.Executor):
             max_workers, target = target, "local"
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
-        self._transport = _make_transport(target, options, max_workers)  # type: ignore[arg-type]
+        quiet_third_party()
+        resolved = resolve_target(target, options)  # type: ignore[arg-type]
+        # The profile's executor keywords, overridden by the ones given here.
+        given = {"max_workers": max_workers, "retries": retries, "progress": progress}
+        settings = {**resolved.executor_options,
+                    **{key: value for key, value in given.items() if value is not None}}
+        retry = RetryPolicy.from_arguments(settings.get("retries"), retry_on)
+        self._progress = bool(settings.get("progress"))
+        if self._progress:
+            require_tqdm()
+        self._transport = _make_transport(resolved, settings.get("max_workers"))
+        if (resolved.transport in SCHEDULER_COMMANDS
+                and getattr(self._transport.options, "host", None) is None):
+            # No host: this machine is the login node. Say so now if it is not, before a
+            # connection is opened or an environment built.
+            check_scheduler_here(resolved.transport)
         initializer_blob = None
         if getattr(self._transport, "takes_initializer", False):
             # The local pool hands initargs to its workers through multiprocessing (queues,
@@ -192,6 +223,7 @@ class RemoteExecutor(concurrent.futures.Executor):
             self._transport,
             initializer=initializer_blob,
             sys_path=[] if self._ships_code else list(sys.path),
+            retry=retry,
         )
         self._lock = threading.Lock()
         self._shutdown = False
@@ -300,9 +332,12 @@ class RemoteExecutor(concurrent.futures.Executor):
         if not blobs:
             return []
         size = chunksize or self._transport.default_chunksize(len(blobs))
-        return self._enqueue(
+        futures: list[RemoteFuture[T]] = self._enqueue(
             [blobs[i : i + size] for i in range(0, len(blobs), size)], resources, coalesce=False
         )
+        if self._progress:
+            MapProgress(futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})")
+        return futures
 
     def _submit_future(
         self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any],
@@ -386,8 +421,7 @@ async def _async_results(futures: list[RemoteFuture[T]]) -> AsyncIterator[T]:
 _POOL_ONLY_OPTIONS = ("mp_context", "max_tasks_per_child")
 
 
-def _make_transport(target: str, options: dict[str, Any], max_workers: int | None) -> Transport:
-    resolved = resolve_target(target, options)
+def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transport:
     cls = transport_class(resolved.transport)
     valid = {field.name for field in dataclasses.fields(cls.Options)}
     for key in _POOL_ONLY_OPTIONS:
@@ -401,7 +435,8 @@ def _make_transport(target: str, options: dict[str, Any], max_workers: int | Non
     for key in sorted(resolved.profile_keys - valid):
         raise ConfigurationError(
             f"{resolved.profile_source}: unknown key {key!r} for transport "
-            f"{resolved.transport!r}; valid keys: transport, {', '.join(sorted(valid))}"
+            f"{resolved.transport!r}; valid keys: transport, "
+            f"{', '.join(sorted(valid | set(EXECUTOR_KEYS)))}"
         )
     parsed = build_options(cls.Options, resolved.options, where=resolved.source)
     return cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))

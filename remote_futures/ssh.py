@@ -241,7 +241,7 @@ class SSHShell(Shell):
                     _text(done.stderr),
                 )
 
-        return await self._call(f"running {command!r}", attempt, retry=retry)
+        return await self._call(f"running {_abridged(command)!r}", attempt, retry=retry)
 
     # -- files -------------------------------------------------------------------------------
 
@@ -517,3 +517,12 @@ def _text(data: bytes | str | None) -> str:
     if isinstance(data, str):
         return data
     return data.decode(errors="replace")
+
+
+def _abridged(command: str, limit: int = 120) -> str:
+    """A command as messages show it: its first line, cut at ``limit`` characters (the
+    environment probe is a whole script; one log line must not print it)."""
+    first = command.split("\n", 1)[0]
+    if len(first) > limit or first != command:
+        return first[:limit] + " [...]"
+    return command

@@ -228,6 +228,7 @@ async def sync_environment(
         "stale_after": stale_lock_after,
         "heartbeat": max(1.0, min(10.0, stale_lock_after / 4)),
     }
+    log.info("%s: installing %d distribution(s) into %s", shell.label, len(install), venv_dir)
     outcome = await _install(counting, facts.executable, config, shell.label)
     uploaded: list[str] = []
     if (

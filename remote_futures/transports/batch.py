@@ -175,7 +175,7 @@ class BatchTransport(RemoteTransport):
                 command=submit, stderr=result.stderr,
             )
         handle.job_id = self.dialect.parse_submit(result.stdout)
-        log.info("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
+        log.debug("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
                  handle.job_id, len(job.tasks), throttle)
 
     # --- poll ---------------------------------------------------------------------------------

@@ -266,3 +266,93 @@ def test_planned_transports_are_not_available_yet(name: str) -> None:
     with pytest.raises(ConfigurationError, match="not available") as info:
         RemoteExecutor(name)
     assert name in str(info.value)
+
+
+# --- executor keywords in a profile ---------------------------------------------------------
+
+
+def test_profile_sets_max_workers_and_keywords_override_it(
+    write_config: Callable[[str], Path], tmp_path: Path, executors: list[RemoteExecutor]
+) -> None:
+    write_config(
+        f"""
+        [profiles.mine]
+        transport = "local"
+        max_workers = 3
+        work_dir = "{tmp_path / 'w'}"
+        """
+    )
+    resolved = resolve_target("mine", {})
+    assert resolved.executor_options == {"max_workers": 3}
+    assert "max_workers" not in resolved.options  # not handed to the transport
+
+    ex = RemoteExecutor("mine")
+    executors.append(ex)
+    assert ex.max_workers == 3
+    assert ex.submit(abs, -2).result(timeout=30) == 2
+
+    overridden = RemoteExecutor("mine", max_workers=1)
+    executors.append(overridden)
+    assert overridden.max_workers == 1
+
+
+@pytest.mark.parametrize("bad", ["0", "-2", '"four"', "true", "2.5"])
+def test_bad_max_workers_in_a_profile_names_file_profile_and_key(
+    write_config: Callable[[str], Path], bad: str
+) -> None:
+    path = write_config(f'[profiles.mine]\ntransport = "local"\nmax_workers = {bad}\n')
+    with pytest.raises(ConfigurationError) as info:
+        RemoteExecutor("mine")
+    message = str(info.value)
+    assert str(path) in message and "'mine'" in message and "'max_workers'" in message
+
+
+def test_profile_takes_resources_and_env_of_a_batch_transport(
+    write_config: Callable[[str], Path],
+) -> None:
+    """The transport keywords ``resources`` and ``env`` reach the transport's options, next to
+    the executor's own ``max_workers`` (built without connecting anywhere)."""
+    from remote_futures.executor import _make_transport
+
+    write_config(
+        """
+        [profiles.cluster]
+        transport = "slurm"
+        host = "login.example.org"
+        max_workers = 7
+        env = ["numpy==2.1.0"]
+        resources = { cpus = 4, memory = "8G", walltime = "01:00:00", queue = "short" }
+        """
+    )
+    resolved = resolve_target("cluster", {"resources": {"cpus": 2}})
+    assert resolved.executor_options == {"max_workers": 7}
+    transport = _make_transport(resolved, resolved.executor_options["max_workers"])
+    assert transport.max_workers == 7
+    assert transport.options.resources.cpus == 2  # the keyword argument wins
+    assert "numpy==2.1.0" in str(transport.options.env)
+
+
+def test_unknown_key_lists_executor_keys_too(write_config: Callable[[str], Path]) -> None:
+    write_config('[profiles.typo]\ntransport = "local"\nmax_worker = 2\n')
+    with pytest.raises(ConfigurationError) as info:
+        RemoteExecutor("typo")
+    assert "'max_worker'" in str(info.value) and "max_workers" in str(info.value)
+
+
+def test_profile_sets_retries_and_keywords_override_it(
+    write_config: Callable[[str], Path], executors: list[RemoteExecutor]
+) -> None:
+    write_config('[profiles.mine]\ntransport = "local"\nretries = 2\n')
+    assert resolve_target("mine", {}).executor_options == {"retries": 2}
+    ex = RemoteExecutor("mine", max_workers=1)
+    executors.append(ex)
+    assert ex._engine._retry.retries == 2
+    none = RemoteExecutor("mine", max_workers=1, retries=0)
+    executors.append(none)
+    assert none._engine._retry.retries == 0
+
+
+def test_negative_retries_in_a_profile_names_the_key(write_config: Callable[[str], Path]) -> None:
+    write_config('[profiles.mine]\ntransport = "local"\nretries = -1\n')
+    with pytest.raises(ConfigurationError, match="'retries' must be an integer >= 0"):
+        RemoteExecutor("mine")
