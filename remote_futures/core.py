@@ -53,6 +53,7 @@ from .errors import (
     RemoteFuturesError,
     RemoteTraceback,
     TransportError,
+    WorkerDiedError,
 )
 from .jobs import JobHandle, TaskState
 from .ledger import Call, Job, Task, apply_status
@@ -607,7 +608,9 @@ class Engine:
             self._break_with(broken)
             self._finish(call, exception=broken)
         else:
-            self._fail_call(call, value, lost=False)
+            # A pool reports a worker that died under the call as an outcome: the call was
+            # lost, not its own doing, so the retry policy treats it like a lost task.
+            self._fail_call(call, value, lost=isinstance(value, WorkerDiedError))
 
     def _fail_call(self, call: Call, error: BaseException, *, lost: bool) -> None:
         """Fail ``call`` with ``error``, or run it again if the retry policy says so.

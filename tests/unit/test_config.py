@@ -277,7 +277,7 @@ def test_profile_sets_max_workers_and_keywords_override_it(
     write_config(
         f"""
         [profiles.mine]
-        transport = "local"
+        transport = "local-jobs"
         max_workers = 3
         work_dir = "{tmp_path / 'w'}"
         """
