@@ -73,11 +73,12 @@ def record_interval(directory: str | os.PathLike[str], index: int, seconds: floa
 
 
 def map_step(i: int, gate: str, markers: str) -> int:
-    """For the map early-break test: 0 returns at once, 1 waits for the gate, the rest leave
-    a marker file (they must never run once the consumer stopped)."""
+    """For the map early-break test: 0 leaves a marker (proof that the worker can write
+    there) and returns at once, 1 waits for the gate, the rest leave a marker file (they must
+    never run once the consumer stopped)."""
     if i == 1:
         block_until(gate)
-    elif i > 1:
+    else:
         Path(markers, f"ran-{i}").touch()
     return i
 
