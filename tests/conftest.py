@@ -77,6 +77,7 @@ CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "slurm": _remote("slurm", "slurm"),
     "pbs": _remote("pbs", "pbs"),
     "sge": _remote("sge", "sge"),
+    "kubernetes": _remote("kubernetes", "kubernetes"),
 }
 
 #: The names the contract suite is parametrized over, in order (derived: edit the dict above).

@@ -17,10 +17,11 @@ TRANSPORTS: dict[str, str] = {
     "slurm": "remote_futures.transports.batch:SlurmTransport",
     "pbs": "remote_futures.transports.batch:PBSTransport",
     "sge": "remote_futures.transports.batch:SGETransport",
+    "kubernetes": "remote_futures.transports.kubernetes:KubernetesTransport",
 }
 
 #: Transports planned for a later release: named here so the error says so, not "unknown".
-PLANNED = ("kubernetes", "ec2")
+PLANNED = ("ec2",)
 
 
 def transport_class(name: str) -> type[Transport]:
