@@ -279,10 +279,10 @@ class KubernetesTransport(Transport):
         ns = self.options.namespace
         k8s = self._api
         try:
-            version = await self._call(k8s.client.VersionApi(self._client).get_code)
+            version = await self._raw(k8s.client.VersionApi(self._client).get_code)
             self._server_version = (
-                int(re.sub(r"\D", "", version.major) or 0),
-                int(re.sub(r"\D", "", version.minor) or 0),
+                int(re.sub(r"\D", "", str(version.get("major"))) or 0),
+                int(re.sub(r"\D", "", str(version.get("minor"))) or 0),
             )
         except TransportError:
             raise
