@@ -50,7 +50,8 @@ def _receipt(path: str, receipt: dict[str, object]) -> None:
 def main() -> int:
     """Run the task named by the environment; return the process exit code."""
     payload_dir = os.environ.get("RF_PAYLOAD_DIR", "/rf/payload")
-    task = int(os.environ["RF_TASK"])
+    # One Job per task names it; an Indexed Job gives each pod its completion index.
+    task = int(os.environ.get("RF_TASK") or os.environ["JOB_COMPLETION_INDEX"])
     # Out of the environment before any user code can read it.
     nonce = os.environ.pop("RF_NONCE")
     termination = os.environ.pop("RF_TERMINATION_LOG", TERMINATION_LOG)

@@ -63,6 +63,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "remote-futures"
 SESSION_LABEL = "remote-futures.io/session"
 JOB_LABEL = "remote-futures.io/job"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 TASK_LABEL = "remote-futures.io/task"
 HEARTBEAT_ANNOTATION = "remote-futures.io/heartbeat"
 PAYLOAD_DIR = "/rf/payload"
@@ -176,6 +177,8 @@ class _K8sJob:
     outcomes: dict[int, bytes] = dataclasses.field(default_factory=dict)
     #: Task -> the log (or its tail) of the pod that ended it, for error messages.
     logs: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: One Indexed Job for all tasks (pods told apart by their completion index).
+    indexed: bool = False
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,8 +220,12 @@ class KubernetesTransport(Transport):
     poll_interval = (0.5, 5.0)
     coalesce_window = 0.05
     max_tasks_per_job = 1000
-    #: One Job per task: there is no native throttle, the core admits only what fits.
+    #: With one Job per task there is no native throttle (the core admits only what fits);
+    #: where Indexed Jobs with per-index back-off exist, ``open`` turns it on (parallelism).
     supports_throttle = False
+    #: Indexed Jobs need ``backoffLimitPerIndex`` (on by default from 1.29): without it one
+    #: failed index fails the whole Job and kills its siblings' pods.
+    INDEXED_SINCE = (1, 29)
 
     options: KubernetesOptions
 
@@ -264,6 +271,7 @@ class KubernetesTransport(Transport):
         self._batch = k8s.client.BatchV1Api(self._client)
         try:
             await self._check_access()
+            self.supports_throttle = self._server_version >= self.INDEXED_SINCE
             await self._heartbeat()
         except BaseException:
             await self._client.close()
@@ -521,38 +529,53 @@ class KubernetesTransport(Transport):
             "data": {k: _b64(v) for k, v in data.items()},
         }
         await self._created(self._core.create_namespaced_secret, ns, secret, what="Secret")
-        state = _K8sJob(JobHandle(job.name, job, location=job.name), names={}, nonces={})
+        indexed = self.supports_throttle and len(job.tasks) > 1
+        state = _K8sJob(JobHandle(job.name, job, location=job.name), names={}, nonces={},
+                        indexed=indexed)
         self._jobs[job.name] = state
         deadline = job.resources.walltime_seconds()
         uids: dict[str, str] = {}
 
-        async def create(index: int) -> None:
-            name = f"{job.name}-{index}" if len(job.tasks) > 1 else job.name
+        async def create(name: str, indices: list[int]) -> None:
+            # The nonce leaves the environment before user code runs: one per Job suffices.
             nonce = secrets.token_hex(16)
-            state.names[index] = name
-            state.nonces[index] = nonce
-            self._by_name[name] = (state, index)
+            for index in indices:
+                state.names[index] = name
+                state.nonces[index] = nonce
+                self._by_name[name] = (state, index)
             env = [
-                {"name": "RF_TASK", "value": str(index)},
                 {"name": "RF_NONCE", "value": nonce},
                 {"name": "RF_PAYLOAD_DIR", "value": PAYLOAD_DIR},
                 {"name": "RF_EXTRA_PATH", "value": os.pathsep.join(extra_path)},
                 {"name": "PYTHONUNBUFFERED", "value": "1"},
             ]
+            labels = {JOB_LABEL: job.name}
+            if not indexed:
+                env.append({"name": "RF_TASK", "value": str(indices[0])})
+                labels[TASK_LABEL] = str(indices[0])
             body = self._job_body(
-                name, {JOB_LABEL: job.name, TASK_LABEL: str(index)},
-                [self.options.python, f"{PAYLOAD_DIR}/entry.py"], env=env, volumes=True,
-                resources=job.resources, secret=secret_name, deadline=deadline,
+                name, labels, [self.options.python, f"{PAYLOAD_DIR}/entry.py"], env=env,
+                volumes=True, resources=job.resources, secret=secret_name, deadline=deadline,
             )
             body["spec"]["template"]["spec"]["volumes"][0]["secret"]["items"] = items
+            if indexed:
+                spec = body["spec"]
+                del spec["backoffLimit"]  # the per-index limit below is what counts
+                spec.update(completionMode="Indexed", completions=len(indices),
+                            parallelism=min(len(indices), job.max_concurrent or len(indices)),
+                            backoffLimitPerIndex=0)
             created = await self._created(self._batch.create_namespaced_job, ns, body,
                                           what="Job")
             uids[name] = created["metadata"]["uid"]
 
         try:
             async with anyio.create_task_group() as tg:
-                for task in job.tasks:
-                    tg.start_soon(create, task.index)
+                if indexed:
+                    tg.start_soon(create, job.name, [task.index for task in job.tasks])
+                else:
+                    for task in job.tasks:
+                        name = f"{job.name}-{task.index}" if len(job.tasks) > 1 else job.name
+                        tg.start_soon(create, name, [task.index])
         except BaseException:
             # All or nothing: what was created goes again, so nothing runs unaccounted for.
             with anyio.CancelScope(shield=True):
@@ -713,15 +736,21 @@ class KubernetesTransport(Transport):
 
     # --- polling ----------------------------------------------------------------------------
 
-    def _pods_of(self, name: str) -> list[dict[str, Any]]:
+    def _pods_of(self, name: str, index: int | None = None) -> list[dict[str, Any]]:
+        """The pods of Job ``name`` (of one completion index of an Indexed Job), oldest first."""
         pods = [p for p in self._pods.values()
-                if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == name]
+                if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == name
+                and (index is None or ((p.get("metadata") or {}).get("annotations") or {})
+                     .get(COMPLETION_INDEX) == str(index))]
         pods.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
         return pods
 
-    def _task_status(self, name: str) -> tuple[TaskStatus, dict[str, Any] | None]:
-        """The state of one task's Job and the pod that decides it."""
-        pods = self._pods_of(name)
+    def _task_status(
+        self, state: _K8sJob, index: int
+    ) -> tuple[TaskStatus, dict[str, Any] | None]:
+        """The state of one task and the pod that decides it."""
+        name = state.names[index]
+        pods = self._pods_of(name, index if state.indexed else None)
         now = _now()
         grace = self.options.start_grace
         for pod in pods:
@@ -748,10 +777,10 @@ class KubernetesTransport(Transport):
             state = self._jobs.get(handle.job_id)
             if state is None:
                 continue
-            for index, name in state.names.items():
+            for index in state.names:
                 if index in state.final or index in state.cancelled:
                     continue
-                status, pod = self._task_status(name)
+                status, pod = self._task_status(state, index)
                 if status.state.terminal and pod is not None:
                     reads.append((state, index, pod, status))
                 elif status.state.terminal:
@@ -765,13 +794,13 @@ class KubernetesTransport(Transport):
             if state is None:
                 continue
             tasks: dict[int, TaskStatus] = {}
-            for index, name in state.names.items():
+            for index in state.names:
                 if index in state.final:
                     tasks[index] = state.final[index]
                 elif index in state.cancelled:
                     tasks[index] = TaskStatus(TaskState.CANCELLED, "deleted")
                 else:
-                    tasks[index] = self._task_status(name)[0]
+                    tasks[index] = self._task_status(state, index)[0]
             result[handle] = JobStatus(tasks, frozenset(state.outcomes))
         return result
 
@@ -851,10 +880,17 @@ class KubernetesTransport(Transport):
         targets = set(state.names) if tasks is None else set(tasks)
         targets -= set(state.final)
         state.cancelled |= targets
+        if state.indexed:
+            # One Job holds every index: it goes once no task of it is wanted any more. A
+            # cancelled index whose pod already started still runs; its result is dropped.
+            if set(state.names) <= state.cancelled | set(state.final):
+                await self._delete_jobs(state)
+            return
         await self._delete_jobs(state, targets)
 
     async def _delete_jobs(self, state: _K8sJob, tasks: set[int] | None = None) -> None:
-        names = [name for index, name in state.names.items() if tasks is None or index in tasks]
+        names = sorted({name for index, name in state.names.items()
+                        if tasks is None or index in tasks})
         async with anyio.create_task_group() as tg:
             for name in names:
                 tg.start_soon(self._delete_job, name)

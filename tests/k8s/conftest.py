@@ -53,10 +53,11 @@ class FakeServer:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeServer]:
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeServer]:
+    """The fake server; parametrize it indirectly with a minor version (default 1.29)."""
     if shutil.which("bwrap") is None:
         pytest.skip("the fake kubelet runs pods in bubblewrap (apt-get install bubblewrap)")
-    server = FakeServer()
+    server = FakeServer(minor=getattr(request, "param", 29))
     yield server
     server.close()
 

@@ -101,6 +101,7 @@ class FakeCluster:
         self.tasks: set[asyncio.Task[None]] = set()
         self.root = Path(tempfile.mkdtemp(prefix="rf-fake-k8s-"))
         self.logs: dict[str, Path] = {}
+        self.max_parallel_seen: dict[str, int] = {}
 
     # --- fault staging --------------------------------------------------------------------
 
@@ -193,21 +194,35 @@ class FakeCluster:
 
     async def _job_controller(self, ns: str, name: str) -> None:
         job = self.objects[("jobs", ns, name)]
-        template = copy.deepcopy(job["spec"]["template"])
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{name}-{secrets.token_hex(3)[:5]}",
-                            "labels": template["metadata"]["labels"],
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                                 "name": name, "uid": job["metadata"]["uid"],
-                                                 "controller": True}]},
-               "spec": template["spec"], "status": {"phase": "Pending"}}
-        pod = await self.create("pods", ns, pod)
-        await self._set_job(ns, name, {"startTime": _now(), "active": 1})
-        fate = next((f for prefix, f in self.fate.items() if name.startswith(prefix)), "run")
-        phase = await self._kubelet(ns, pod, fate)
-        if phase is None:
-            return
-        if phase == "Succeeded":
+        spec = job["spec"]
+        await self._set_job(ns, name, {"startTime": _now()})
+        if spec.get("completionMode") != "Indexed":
+            phase = await self._run_pod(ns, job, None)
+            if phase is None:
+                return
+            ok = phase == "Succeeded"
+        else:
+            if self.minor < 21:
+                raise AssertionError("an Indexed Job sent to a server that lacks them")
+            limit = asyncio.Semaphore(int(spec.get("parallelism") or 1))
+            self.max_parallel_seen[name] = 0
+            running = 0
+
+            async def one(index: int) -> str | None:
+                nonlocal running
+                async with limit:
+                    running += 1
+                    self.max_parallel_seen[name] = max(self.max_parallel_seen[name], running)
+                    try:
+                        return await self._run_pod(ns, job, index)
+                    finally:
+                        running -= 1
+
+            phases = await asyncio.gather(*(one(i) for i in range(int(spec["completions"]))))
+            if any(p is None for p in phases):
+                return
+            ok = all(p == "Succeeded" for p in phases)
+        if ok:
             await self._set_job(ns, name, {"active": 0, "succeeded": 1, "completionTime": _now(),
                                            "conditions": [{"type": "Complete",
                                                            "status": "True"}]})
@@ -215,6 +230,27 @@ class FakeCluster:
             await self._set_job(ns, name, {"active": 0, "failed": 1, "conditions": [{
                 "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
                 "message": "Job has reached the specified backoff limit"}]})
+
+    async def _run_pod(self, ns: str, job: dict[str, Any], index: int | None) -> str | None:
+        name = job["metadata"]["name"]
+        template = copy.deepcopy(job["spec"]["template"])
+        meta: dict[str, Any] = {
+            "name": f"{name}-{'' if index is None else f'{index}-'}{secrets.token_hex(3)[:5]}",
+            "labels": template["metadata"]["labels"],
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                 "uid": job["metadata"]["uid"], "controller": True}]}
+        if index is not None:
+            meta["annotations"] = {"batch.kubernetes.io/job-completion-index": str(index)}
+            for container in template["spec"]["containers"]:
+                container.setdefault("env", []).append(
+                    {"name": "JOB_COMPLETION_INDEX", "value": str(index)})
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+               "spec": template["spec"], "status": {"phase": "Pending"}}
+        pod = await self.create("pods", ns, pod)
+        fate = next((f for prefix, f in self.fate.items() if name.startswith(prefix)), "run")
+        if index is not None and fate.startswith("index-"):
+            fate = "evict" if fate == f"index-{index}-evict" else "run"
+        return await self._kubelet(ns, pod, fate)
 
     async def _set_job(self, ns: str, name: str, status: dict[str, Any]) -> None:
         job = self.objects.get(("jobs", ns, name))

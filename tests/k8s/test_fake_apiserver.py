@@ -165,3 +165,33 @@ def test_sweep_deletes_dead_sessions_only(k8s_executor: Make, fake: FakeServer) 
     assert swept == ["dead"]
     names = sorted(name for _, name in _managed(fake))
     assert names == ["rf-alive", "rf-session-alive"]
+
+
+def test_indexed_job_for_a_map_honours_parallelism(k8s_executor: Make, fake: FakeServer) -> None:
+    with k8s_executor(max_workers=3) as ex:
+        assert list(ex.map(operator.neg, range(9), chunksize=1)) == [-i for i in range(9)]
+    jobs = fake.cluster.count("POST", r"/jobs$")
+    assert jobs == 1, "a map on a server with Indexed Jobs is one Job"
+    assert fake.cluster.max_parallel_seen and max(fake.cluster.max_parallel_seen.values()) <= 3
+
+
+@pytest.mark.parametrize("fake", [20], indirect=True)
+def test_one_job_per_task_where_indexed_jobs_are_missing(
+    k8s_executor: Make, fake: FakeServer
+) -> None:
+    with k8s_executor(max_workers=4) as ex:
+        assert list(ex.map(operator.neg, range(4), chunksize=1)) == [0, -1, -2, -3]
+    assert fake.cluster.count("POST", r"/jobs$") == 4
+    assert fake.cluster.max_parallel_seen == {}
+
+
+def test_one_failed_index_spares_its_siblings(k8s_executor: Make, fake: FakeServer) -> None:
+    fake.cluster.fate["rf-"] = "index-1-evict"
+    with k8s_executor(max_workers=3) as ex:
+        futures = [ex.submit(operator.neg, i) for i in range(3)]
+        cf.wait(futures, timeout=60)
+    assert fake.cluster.count("POST", r"/jobs$") == 1
+    assert futures[0].result() == 0 and futures[2].result() == -2
+    with pytest.raises(JobFailedError, match="Evicted") as info:
+        futures[1].result()
+    assert info.value.state == "PREEMPTED"

@@ -21,7 +21,8 @@ SUITE="${RF_K8S_DEBIAN_SUITE:-bookworm}"
 export DEBIAN_FRONTEND=noninteractive
 
 need_pkgs=()
-for p in golang-go rsync jq etcd-server bubblewrap openssl; do
+# golang-github-modern-go-reflect2-dev: reflect2 1.0.2, see below.
+for p in golang-go rsync jq etcd-server bubblewrap openssl curl golang-github-modern-go-reflect2-dev; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -43,8 +44,10 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import kubernetes_asy
     fi
 fi
 
-# Existing build?  Any version directory holding both binaries will do.
-for d in "$CACHE_ROOT"/*/; do
+# Bump when the recipe changes, so that an older (broken) build is not reused.
+RECIPE=2
+# Existing build?  Any version directory of this recipe holding both binaries will do.
+for d in "$CACHE_ROOT"/*-r"$RECIPE"/; do
     if [ -x "$d/kube-apiserver" ] && [ -x "$d/kube-controller-manager" ]; then
         log "cached binaries: $d"
         printf '%s\n' "${d%/}"
@@ -72,11 +75,19 @@ tar xzf "$orig"
 src="$(find . -maxdepth 1 -type d -name 'kubernetes-*' | head -n1)"
 [ -n "$src" ] || die "no source tree in $orig"
 cd "$src"
+# The vendored reflect2 1.0.1 crashes under Go >= 1.18 (SIGSEGV in mapiterinit when
+# json-iterator encodes a map, e.g. an object's labels); 1.0.2 fixes it and is API-compatible.
+# Debian packages 1.0.2: use its source instead of the vendored copy.
+R2=/usr/share/gocode/src/github.com/modern-go/reflect2
+[ -d "$R2" ] || die "no $R2 (package golang-github-modern-go-reflect2-dev)"
+rm -rf vendor/github.com/modern-go/reflect2
+cp -r "$R2" vendor/github.com/modern-go/reflect2
+rm -rf vendor/github.com/modern-go/reflect2/debian
 log "building kube-apiserver and kube-controller-manager (several minutes)"
 T0=$(date +%s)
 HOME="$WORK/.home" GOFLAGS= CGO_ENABLED=0 nice -n 10 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2
 log "build took $(( $(date +%s) - T0 ))s"
-dest="$CACHE_ROOT/$ver"
+dest="$CACHE_ROOT/$ver-r$RECIPE"
 mkdir -p "$dest.tmp"
 cp _output/bin/kube-apiserver _output/bin/kube-controller-manager "$dest.tmp/"
 rm -rf "$dest" && mv "$dest.tmp" "$dest"
