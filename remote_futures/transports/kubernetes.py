@@ -800,7 +800,12 @@ class KubernetesTransport(Transport):
                 elif index in state.cancelled:
                     tasks[index] = TaskStatus(TaskState.CANCELLED, "deleted")
                 else:
-                    tasks[index] = self._task_status(state, index)[0]
+                    status = self._task_status(state, index)[0]
+                    if status.state.terminal:
+                        # It ended while the reads above were awaited: its outcomes are read
+                        # next time; reporting it terminal now would lose them.
+                        status = TaskStatus(TaskState.RUNNING, status.raw_state)
+                    tasks[index] = status
             result[handle] = JobStatus(tasks, frozenset(state.outcomes))
         return result
 
