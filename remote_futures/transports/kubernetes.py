@@ -875,6 +875,17 @@ class KubernetesTransport(Transport):
         text = state.logs.get(task, "")
         return "\n".join(text.splitlines()[-lines:])
 
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Raise an Indexed Job's ``parallelism`` (the core granted it more slots)."""
+        state = self._jobs.get(job.job_id)
+        if state is None or not state.indexed:
+            return False
+        name = state.names[0]
+        parallelism = min(max_concurrent, len(state.names))
+        await self._raw(self._batch.patch_namespaced_job, name, self.options.namespace,
+                        {"spec": {"parallelism": parallelism}})
+        return True
+
     # --- cancellation and clean-up ----------------------------------------------------------
 
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
