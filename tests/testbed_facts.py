@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -216,14 +217,17 @@ def executor_options(facts: TestbedFacts, target: str) -> dict[str, object]:
     with the default environment (``env="sync"`` from the user's bare system python3): test
     modules are imported on the remote side, so their own imports must be there too.
 
-    For ``kubernetes``: the testbed's kubeconfig and namespace; the pods run the bare system
-    python3 (the kubelet ignores the image), and env="sync" ships cloudpickle to them."""
+    For ``kubernetes``: the testbed's kubeconfig and namespace. The testbed's kubelet ignores
+    the image and runs pods on this machine's read-only filesystem, so the pods run this test
+    process's own interpreter (as an image built with the project's test dependencies would):
+    env="sync" on Kubernetes checks the version and ships cloudpickle, it does not install
+    the test modules' imports (pytest)."""
     if target == "kubernetes":
         return {
             "kubeconfig": str(facts.raw["RF_K8S_KUBECONFIG"]),
             "namespace": str(facts.raw["RF_K8S_NAMESPACE"]),
             "image": "python:3.11-slim",
-            "python": "/usr/bin/python3",
+            "python": sys.executable,
             "start_grace": 20.0,
         }
     return {

@@ -773,6 +773,7 @@ class KubernetesTransport(Transport):
             raise self._watch_error
         result: dict[JobHandle, JobStatus] = {}
         reads: list[tuple[_K8sJob, int, dict[str, Any], TaskStatus]] = []
+        progress: list[tuple[_K8sJob, int, dict[str, Any]]] = []
         for handle in jobs:
             state = self._jobs.get(handle.job_id)
             if state is None:
@@ -785,10 +786,15 @@ class KubernetesTransport(Transport):
                     reads.append((state, index, pod, status))
                 elif status.state.terminal:
                     state.final[index] = status
-        if reads:
+                elif (pod is not None and status.state is TaskState.RUNNING
+                      and len(handle.spec.tasks[index].call_indices) > 1):
+                    progress.append((state, index, pod))
+        if reads or progress:
             async with anyio.create_task_group() as tg:
                 for state, index, pod, status in reads:
                     tg.start_soon(self._read_result, state, index, pod, status)
+                for state, index, pod in progress:
+                    tg.start_soon(self._read_progress, state, index, pod)
         for handle in jobs:
             state = self._jobs.get(handle.job_id)
             if state is None:
@@ -812,7 +818,8 @@ class KubernetesTransport(Transport):
     async def _read_result(
         self, state: _K8sJob, index: int, pod: dict[str, Any], status: TaskStatus
     ) -> None:
-        """Read a finished pod's log: the result block on success, the tail on failure."""
+        """Read a finished pod's log: every call's outcome block (checked against the pod's
+        termination receipt when it succeeded), what it printed, and on failure the tail."""
         name = pod["metadata"]["name"]
         try:
             text = await self._pod_log(name)
@@ -821,28 +828,48 @@ class KubernetesTransport(Transport):
             if status.state is TaskState.COMPLETED:
                 status = TaskStatus(TaskState.FAILED, f"Succeeded, but its log is unreadable: "
                                     f"{exc}", exit_code=0)
-        if status.state is TaskState.COMPLETED and text:
-            receipt = parse_receipt(_termination_message(pod))
-            try:
-                outcomes, printed = parse_log(text, state.nonces[index], receipt)
-            except FrameError as exc:
+        receipt = parse_receipt(_termination_message(pod))
+        if status.state is not TaskState.COMPLETED:
+            receipt = None  # a crash leaves no receipt; the blocks before it still count
+        try:
+            outcomes, printed, errors = parse_log(text, state.nonces[index], receipt)
+        except FrameError as exc:
+            outcomes, printed, errors = {}, text, ""
+            if status.state is TaskState.COMPLETED:
                 status = TaskStatus(TaskState.FAILED, f"Succeeded, but {exc}", exit_code=0)
-                printed = text
-            else:
-                wanted = set(state.handle.spec.tasks[index].call_indices)
-                state.outcomes.update({k: v for k, v in outcomes.items() if k in wanted})
-            self._forward(printed)
-        else:
-            state.logs[index] = text
+        self._keep(state, index, outcomes)
+        self._forward(printed, errors)
+        if status.state is not TaskState.COMPLETED:
+            state.logs[index] = (errors + printed) if errors else printed
         state.final[index] = status
 
-    def _forward(self, text: str) -> None:
-        if self.options.forward_output and text:
-            try:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                pass  # the caller closed its stream
+    async def _read_progress(self, state: _K8sJob, index: int, pod: dict[str, Any]) -> None:
+        """The outcomes a running pod of a task of several calls has already written, so that
+        they are handed out before the task ends (as result files are on batch schedulers)."""
+        try:
+            text = await self._pod_log(pod["metadata"]["name"])
+            outcomes = parse_log(text, state.nonces[index])[0]
+        except Exception as exc:
+            log.debug("kubernetes: reading the progress of %s: %r", pod["metadata"]["name"],
+                      exc)
+            return
+        self._keep(state, index, outcomes)
+
+    @staticmethod
+    def _keep(state: _K8sJob, index: int, outcomes: Mapping[int, bytes]) -> None:
+        wanted = set(state.handle.spec.tasks[index].call_indices)
+        state.outcomes.update({k: v for k, v in outcomes.items() if k in wanted})
+
+    def _forward(self, printed: str, errors: str = "") -> None:
+        if not self.options.forward_output:
+            return
+        for sink, text in ((sys.stdout, printed), (sys.stderr, errors)):
+            if text:
+                try:
+                    sink.write(text)
+                    sink.flush()
+                except (OSError, ValueError):
+                    pass  # the caller closed its stream
 
     async def _pod_log(self, pod: str, *, tail: int | None = None) -> str:
         kwargs: dict[str, Any] = {"container": CONTAINER}

@@ -50,49 +50,75 @@ def parse_receipt(message: str | None) -> dict[str, object] | None:
 
 def parse_log(
     log: str, nonce: str, receipt: Mapping[str, object] | None = None
-) -> tuple[dict[int, bytes], str]:
-    """Split a pod log into the outcome envelopes of its block and what the user printed.
+) -> tuple[dict[int, bytes], str, str]:
+    """Split a pod log into the outcome envelopes of its blocks, what the user printed to
+    stdout and what it wrote to stderr.
 
-    The block is the *last* one framed with ``nonce``; its size and sha256 must match its
-    header and, when given, the termination-message ``receipt``. Raises FrameError otherwise.
+    Every block framed with ``nonce`` (one per finished call) must be intact: its size and
+    sha256 match its header. When the termination-message ``receipt`` is given (the pod
+    finished), the blocks must be exactly the ones it counts (sha256 of their data in order).
+    A log may hold no block (a pod that crashed before its first call ended). Raises
+    FrameError on a corrupt, truncated or forged block.
     """
-    begin = re.compile(
-        rf"^==RF:{re.escape(nonce)}:BEGIN n=(\d+) sha256=([0-9a-f]{{64}})==$", re.MULTILINE
-    )
-    matches = list(begin.finditer(log))
-    if not matches:
-        raise FrameError("the pod log holds no result block")
-    head = matches[-1]
+    begin = f"==RF:{nonce}:BEGIN "
     end_marker = f"==RF:{nonce}:END=="
-    end = log.find(end_marker, head.end())
-    if end < 0:
-        raise FrameError("the result block in the pod log is truncated (no end marker)")
-    try:
-        data = base64.b64decode("".join(log[head.end() : end].split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise FrameError(f"the result block in the pod log is not valid base64: {exc}") from None
-    size, digest = int(head.group(1)), head.group(2)
-    actual = hashlib.sha256(data).hexdigest()
-    if len(data) != size or actual != digest:
+    err_prefix = f"==RF:{nonce}:ERR=="
+    head_re = re.compile(rf"^==RF:{re.escape(nonce)}:BEGIN n=(\d+) sha256=([0-9a-f]{{64}})==$")
+    outcomes: dict[int, bytes] = {}
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+    digest = hashlib.sha256()
+    blocks = 0
+    lines = log.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith(err_prefix):
+            err_lines.append(line[len(err_prefix):])
+            i += 1
+            continue
+        if not line.startswith(begin):
+            out_lines.append(line)
+            i += 1
+            continue
+        head = head_re.match(line.rstrip("\n"))
+        if head is None:
+            raise FrameError("a result block in the pod log has a malformed header")
+        try:
+            stop = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip("\n") == end_marker)
+        except StopIteration:
+            raise FrameError("a result block in the pod log is truncated (no end marker)") from None
+        try:
+            data = base64.b64decode("".join(x.strip() for x in lines[i + 1 : stop]),
+                                    validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise FrameError(f"a result block in the pod log is not valid base64: {exc}") from None
+        size, expected = int(head.group(1)), head.group(2)
+        actual = hashlib.sha256(data).hexdigest()
+        if len(data) != size or actual != expected:
+            raise FrameError(
+                f"a result block is corrupt: {len(data)} bytes with sha256 {actual[:12]}..., "
+                f"its header says {size} bytes with sha256 {expected[:12]}..."
+            )
+        try:
+            table = pickle.loads(data)
+        except Exception as exc:
+            raise FrameError(f"a result block does not unpickle: {exc!r}") from None
+        if not isinstance(table, dict):
+            raise FrameError("a result block holds no outcome table")
+        outcomes.update({int(k): bytes(v) for k, v in table.items()})
+        digest.update(data)
+        blocks += 1
+        # The pod writes a newline before each block so that it starts on a line of its own.
+        if out_lines and out_lines[-1] == "\n":
+            out_lines.pop()
+        i = stop + 1
+    if receipt is not None and (
+        receipt.get("sha256") != digest.hexdigest()
+        or receipt.get("calls") not in (None, blocks)
+    ):
         raise FrameError(
-            f"the result block is corrupt: {len(data)} bytes with sha256 {actual[:12]}..., "
-            f"its header says {size} bytes with sha256 {digest[:12]}..."
+            f"the result blocks in the pod log ({blocks}) do not match the pod's termination "
+            f"receipt ({receipt.get('calls')} calls, sha256 {str(receipt.get('sha256'))[:12]}...)"
         )
-    if receipt is not None and receipt.get("sha256") not in (None, digest):
-        raise FrameError(
-            "the result block does not match the pod's termination receipt "
-            f"(sha256 {digest[:12]}... vs {str(receipt.get('sha256'))[:12]}...)"
-        )
-    try:
-        outcomes = pickle.loads(data)
-    except Exception as exc:
-        raise FrameError(f"the result block does not unpickle: {exc!r}") from None
-    if not isinstance(outcomes, dict):
-        raise FrameError("the result block holds no outcome table")
-    user_output = log[: head.start()]
-    # The pod side writes a newline before the block so that it starts on a line of its own.
-    if user_output.endswith("\n\n"):
-        user_output = user_output[:-1]
-    elif user_output == "\n":
-        user_output = ""
-    return {int(k): bytes(v) for k, v in outcomes.items()}, user_output
+    return outcomes, "".join(out_lines), "".join(err_lines)

@@ -50,7 +50,7 @@ def test_entry_round_trip_values_exceptions_and_output(tmp_path: Path) -> None:
     assert code == 0
     receipt = parse_receipt(receipt_text)
     assert receipt is not None and receipt["calls"] == 4
-    outcomes, printed = parse_log(log, "n0nce", receipt)
+    outcomes, printed, errors = parse_log(log, "n0nce", receipt)
     assert sorted(outcomes) == [0, 1, 2, 3]
     assert decode_outcome(outcomes[1]) == (True, (3, 1))
     ok, exc = decode_outcome(outcomes[2])
@@ -58,12 +58,32 @@ def test_entry_round_trip_values_exceptions_and_output(tmp_path: Path) -> None:
     # user code cannot read the nonce that frames the result block
     assert decode_outcome(outcomes[3]) == (True, "gone")
     assert printed == "hello from the pod\n"
+    assert errors == ""
+
+
+def test_stderr_is_kept_apart_and_blocks_come_per_call(tmp_path: Path) -> None:
+    def speak() -> int:
+        import sys as s
+
+        print("to stdout")
+        print("to stderr", file=s.stderr)
+        return 1
+
+    log, receipt_text, code = _run_pod(tmp_path, [(0, (speak, (), {})), (1, (abs, (-2,), {}))])
+    assert code == 0
+    assert log.count("==RF:n0nce:BEGIN") == 2  # one block per call, as each call ends
+    outcomes, printed, errors = parse_log(log, "n0nce", parse_receipt(receipt_text))
+    assert decode_outcome(outcomes[0]) == (True, 1) and decode_outcome(outcomes[1]) == (True, 2)
+    assert printed == "to stdout\n" and errors == "to stderr\n"
+    # a log cut after the first block (the pod still running) yields that call alone
+    first_end = log.index("==RF:n0nce:END==") + len("==RF:n0nce:END==\n")
+    assert sorted(parse_log(log[:first_end], "n0nce")[0]) == [0]
 
 
 def test_forged_block_in_user_output_is_not_taken(tmp_path: Path) -> None:
     fake = k8s_entry.frame("n0nce", pickle.dumps({0: b"forged"}))
     log, receipt_text, _ = _run_pod(tmp_path, [(0, (print, (fake,), {}))], nonce="real")
-    outcomes, printed = parse_log(log, "real", parse_receipt(receipt_text))
+    outcomes, printed, _ = parse_log(log, "real", parse_receipt(receipt_text))
     assert outcomes[0] != b"forged" and decode_outcome(outcomes[0]) == (True, None)
     assert "forged" not in printed and "==RF:n0nce:BEGIN" in printed
     with pytest.raises(FrameError):  # the forged block does not match the real receipt
@@ -78,8 +98,7 @@ def test_corrupt_and_truncated_blocks_are_errors() -> None:
         parse_log("\n".join([lines[0], flipped, *lines[2:]]), "abc")
     with pytest.raises(FrameError, match="truncated"):
         parse_log("\n".join(lines[:-1]), "abc")
-    with pytest.raises(FrameError, match="no result block"):
-        parse_log("just output\n", "abc")
+    assert parse_log("just output\n", "abc") == ({}, "just output\n", "")
     other = {"sha256": hashlib.sha256(b"other").hexdigest()}
     with pytest.raises(FrameError, match="receipt"):
         parse_log(block, "abc", other)
