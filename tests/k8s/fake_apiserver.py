@@ -320,15 +320,16 @@ class FakeCluster:
         cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--tmpfs", "/"]
         for entry in sorted(os.listdir("/")):
             host = Path("/") / entry
-            if entry in ("proc", "dev", "tmp"):
+            if entry in ("proc", "dev"):
                 continue
             if host.is_symlink():
                 cmd += ["--symlink", os.readlink(host), str(host)]
             elif host.is_dir():
                 cmd += ["--ro-bind", str(host), str(host)]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", *binds,
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", *binds,
                 "--bind", str(term), "/dev/termination-log", "--clearenv",
-                "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin"]
+                "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "TMPDIR",
+                "/dev/shm"]
         for item in container.get("env") or []:
             cmd += ["--setenv", item["name"], item.get("value") or ""]
         cmd += ["--", *container["command"]]

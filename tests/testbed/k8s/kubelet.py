@@ -3,7 +3,8 @@
 It registers one node (address InternalIP 127.0.0.1 only), binds every unscheduled pod that fits
 it, and runs container[0]'s command of each bound pod in a bubblewrap sandbox: the image is
 ignored, the host filesystem is mounted read-only, Secret/ConfigMap volumes and
-``/dev/termination-log`` are bound at their real paths, ``/tmp`` is private. It reports the
+``/dev/termination-log`` are bound at their real paths, scratch space (``TMPDIR``) is a private
+tmpfs at ``/dev/shm``; directories given with ``--rw-path`` are writable. It reports the
 pod's status like a kubelet (``Running``; ``Succeeded``/``Failed`` with the container's
 ``terminated`` state and termination message), serves container logs over HTTPS for the
 apiserver's log proxy, enforces ``limits.memory`` with an RSS watchdog (``OOMKilled``, 137) and
@@ -277,13 +278,15 @@ class Kubelet:
         cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--tmpfs", "/"]
         for entry in sorted(os.listdir("/")):
             host = Path("/") / entry
-            if entry in ("proc", "dev", "tmp"):
+            if entry in ("proc", "dev"):
                 continue
             if host.is_symlink():
                 cmd += ["--symlink", os.readlink(host), str(host)]
             elif host.is_dir():
                 cmd += ["--ro-bind", str(host), str(host)]
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        # /tmp is the host's, read-only like the rest (a checkout or venv may live there);
+        # the pod's scratch space is a private tmpfs, TMPDIR.
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm"]
         for path in self.args.rw_path:
             if os.path.isdir(path):
                 cmd += ["--bind", path, path]
@@ -330,7 +333,7 @@ class Kubelet:
             termlog = root / "termination-log"
             termlog.write_bytes(b"")
             env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                   "HOSTNAME": meta["name"], "HOME": "/root"}
+                   "HOSTNAME": meta["name"], "HOME": "/root", "TMPDIR": "/dev/shm"}
             for item in container.get("env") or []:
                 if "value" in item:
                     env[item["name"]] = item.get("value") or ""
