@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -79,23 +80,12 @@ def _relay(source: int, log: _Log, prefix: bytes) -> None:
             log.write(prefix + pending + b"\n")
 
 
-def _redirect(fd: int, log: _Log, prefix: bytes) -> threading.Thread:
-    read, write = os.pipe()
-    os.dup2(write, fd)
-    os.close(write)
-    thread = threading.Thread(target=_relay, args=(read, log, prefix), daemon=True)
-    thread.start()
-    return thread
-
-
-def main() -> int:
-    """Run the task named by the environment; return the process exit code."""
-    payload_dir = os.environ.get("RF_PAYLOAD_DIR", "/rf/payload")
-    # One Job per task names it; an Indexed Job gives each pod its completion index.
-    task = int(os.environ.get("RF_TASK") or os.environ["JOB_COMPLETION_INDEX"])
-    # Out of the environment before any user code can read it.
-    nonce = os.environ.pop("RF_NONCE")
-    termination = os.environ.pop("RF_TERMINATION_LOG", TERMINATION_LOG)
+def _child() -> int:
+    """The worker process: run the task, announcing each written outcome on the notify fd."""
+    payload_dir = os.environ.pop("RF_PAYLOAD_DIR")
+    job_dir = os.environ.pop("RF_JOB_DIR")
+    task = int(os.environ.pop("RF_CHILD_TASK"))
+    notify = int(os.environ.pop("RF_NOTIFY_FD"))
     sys.path.insert(0, payload_dir)
     import worker  # type: ignore[import-not-found]  # shipped beside this file
 
@@ -103,20 +93,48 @@ def main() -> int:
     for extra in os.environ.pop("RF_EXTRA_PATH", "").split(os.pathsep):
         if extra:
             sys.path.append(os.path.join(payload_dir, extra))
+    code: int = worker.run_task(job_dir, task, worker._State(), notify)
+    return code
+
+
+def main() -> int:
+    """Run the task named by the environment in a child process; relay its output to the pod
+    log, framing each outcome as the child announces it. Return the child's exit code (128+N
+    when a signal killed it). A child that dies mid-task (``os._exit``, a segfault) still
+    leaves everything it wrote, and every outcome written before, in the log."""
+    payload_dir = os.environ.get("RF_PAYLOAD_DIR", "/rf/payload")
+    # One Job per task names it; an Indexed Job gives each pod its completion index.
+    task = int(os.environ.get("RF_TASK") or os.environ["JOB_COMPLETION_INDEX"])
+    # Out of the environment before any user code can read it (the child inherits the rest).
+    nonce = os.environ.pop("RF_NONCE")
+    termination = os.environ.pop("RF_TERMINATION_LOG", TERMINATION_LOG)
+    sys.path.insert(0, payload_dir)
+    import worker  # shipped beside this file
+
+    del sys.path[0]
     job_dir = tempfile.mkdtemp(prefix="rf-task-")
     shutil.copyfile(
         os.path.join(payload_dir, f"task-{task}.in"),
         os.path.join(job_dir, worker.INPUT_NAME.format(task)),
     )
-    log = _Log(os.dup(1))
-    relays = [_redirect(1, log, b""), _redirect(2, log, f"==RF:{nonce}:ERR==".encode())]
+    log = _Log(1)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    note_r, note_w = os.pipe()
+    env = dict(os.environ, RF_PAYLOAD_DIR=payload_dir, RF_JOB_DIR=job_dir,
+               RF_CHILD_TASK=str(task), RF_NOTIFY_FD=str(note_w))
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--child"], stdin=subprocess.DEVNULL,
+        stdout=out_w, stderr=err_w, pass_fds=(note_w,), env=env,
+    )
+    for fd in (out_w, err_w, note_w):
+        os.close(fd)
     digest = hashlib.sha256()
     calls = 0
-    notify_read, notify_write = os.pipe()
 
     def forward_outcomes() -> None:
         nonlocal calls
-        with os.fdopen(notify_read, "r") as notes:
+        with os.fdopen(note_r, "r") as notes:
             for note in notes:
                 kind, _, value = note.strip().partition(" ")
                 if kind != "C":
@@ -124,25 +142,24 @@ def main() -> int:
                 index = int(value)
                 with open(os.path.join(job_dir, worker.OUTCOME_NAME.format(index)), "rb") as f:
                     data = pickle.dumps({index: f.read()}, protocol=worker.ENVELOPE_PROTOCOL)
-                sys.stdout.flush()
-                sys.stderr.flush()
                 digest.update(data)
                 calls += 1
                 log.write(("\n" + frame(nonce, data)).encode("ascii"))
 
-    forwarder = threading.Thread(target=forward_outcomes, daemon=True)
-    forwarder.start()
-    code: int = worker.run_task(job_dir, task, worker._State(), notify_write)
-    os.close(notify_write)
-    forwarder.join()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Close our ends of the pipes so that the relays drain and stop.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    for relay in relays:
-        relay.join(5)
+    threads = [
+        threading.Thread(target=_relay, args=(out_r, log, b""), daemon=True),
+        threading.Thread(target=_relay, args=(err_r, log, f"==RF:{nonce}:ERR==".encode()),
+                         daemon=True),
+        threading.Thread(target=forward_outcomes, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    code = child.wait()
+    for thread in threads:
+        # Bounded: a background process the user started may hold a pipe open.
+        thread.join(10)
+    if code < 0:
+        code = 128 - code
     _receipt(termination, {
         "ok": code == 0, "channel": "log", "calls": calls, "sha256": digest.hexdigest(),
     })
@@ -151,4 +168,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_child() if sys.argv[1:] == ["--child"] else main())

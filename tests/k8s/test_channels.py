@@ -170,3 +170,22 @@ def test_job_failure_reads_only_true_failed_conditions() -> None:
                                "reason": "BackoffLimitExceeded"}))
     assert backoff is not None and backoff.state is TaskState.FAILED
     assert backoff.raw_state == "BackoffLimitExceeded"
+
+
+def test_a_call_that_kills_the_worker_keeps_earlier_results_and_last_words(
+    tmp_path: Path,
+) -> None:
+    def die() -> None:
+        import os as o
+        import sys as s
+
+        print("last words", file=s.stderr, flush=True)
+        o._exit(3)
+
+    log, receipt_text, code = _run_pod(tmp_path, [(0, (abs, (-5,), {})), (1, (die, (), {}))])
+    assert code == 3
+    receipt = parse_receipt(receipt_text)
+    assert receipt is not None and receipt["calls"] == 1
+    outcomes, _, errors = parse_log(log, "n0nce", receipt)
+    assert decode_outcome(outcomes[0]) == (True, 5) and 1 not in outcomes
+    assert errors == "last words\n"
