@@ -32,6 +32,9 @@ import threading
 
 #: Lines of base64 in the framed block.
 LINE = 76
+#: The largest outcome sent through the pod log: kubelets rotate container logs at 10 MiB by
+#: default and serve only the newest file, so a bigger block could be lost.
+MAX_LOG_OUTCOME = 4 * 1024 * 1024
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -141,7 +144,15 @@ def main() -> int:
                     continue
                 index = int(value)
                 with open(os.path.join(job_dir, worker.OUTCOME_NAME.format(index)), "rb") as f:
-                    data = pickle.dumps({index: f.read()}, protocol=worker.ENVELOPE_PROTOCOL)
+                    outcome = f.read()
+                if len(outcome) > MAX_LOG_OUTCOME:
+                    outcome = pickle.dumps(worker._error(
+                        worker.PICKLE_RESULT,
+                        f"the call's result is {len(outcome) / 2**20:.1f} MiB pickled, over "
+                        f"the {MAX_LOG_OUTCOME // 2**20} MiB a pod log can carry safely; "
+                        "return less (write large data to shared storage and return its "
+                        "location)"), protocol=worker.ENVELOPE_PROTOCOL)
+                data = pickle.dumps({index: outcome}, protocol=worker.ENVELOPE_PROTOCOL)
                 digest.update(data)
                 calls += 1
                 log.write(("\n" + frame(nonce, data)).encode("ascii"))

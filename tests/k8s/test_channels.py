@@ -189,3 +189,17 @@ def test_a_call_that_kills_the_worker_keeps_earlier_results_and_last_words(
     outcomes, _, errors = parse_log(log, "n0nce", receipt)
     assert decode_outcome(outcomes[0]) == (True, 5) and 1 not in outcomes
     assert errors == "last words\n"
+
+
+def test_a_result_too_big_for_the_log_is_a_clear_error(tmp_path: Path) -> None:
+    from remote_futures.errors import SerializationError
+
+    log, receipt_text, code = _run_pod(tmp_path, [(0, (bytes, (5 * 1024 * 1024,), {})),
+                                                  (1, (abs, (-1,), {}))])
+    assert code == 0
+    assert len(log) < 100_000  # the 5 MiB never reached the log
+    outcomes, _, _ = parse_log(log, "n0nce", parse_receipt(receipt_text))
+    ok, error = decode_outcome(outcomes[0])
+    assert not ok and "MiB a pod log can carry" in str(error)
+    assert isinstance(error, SerializationError)
+    assert decode_outcome(outcomes[1]) == (True, 1)
