@@ -116,6 +116,9 @@ class FakeCluster:
             self.cond.notify_all()
 
     def compact(self) -> None:
+        """Forget the history, as etcd's compaction does; the revision moves on (other
+        objects change meanwhile), so every version a client holds is now too old."""
+        self.last_rv = next(self.rv)
         self.oldest = self.last_rv + 1
         self.history.clear()
 
