@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -253,6 +254,12 @@ class KubernetesTransport(Transport):
     def default_max_workers(cls, options: Any) -> int:
         """Pods at once when the user says nothing."""
         return 8
+
+    def default_chunksize(self, n_calls: int) -> int:
+        """About four tasks per worker slot: a pod costs little next to a batch job, and
+        smaller tasks balance uneven calls and leave calls that have not started yet
+        cancellable (a started task's calls all count as running)."""
+        return max(1, math.ceil(n_calls / (4 * max(1, self.max_workers))))
 
     @property
     def describe(self) -> str:
