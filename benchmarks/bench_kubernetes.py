@@ -2,8 +2,9 @@
 
 Floor: kubernetes-asyncio alone creating one Job that prints a line, watching its pod until it
 succeeds and reading its log: the least any Job-based transport must do per job. Ours: one
-`submit` round trip, and a `map` of 200 trivial calls (default chunking: about max_workers
-Jobs). Runs are interleaved (floor, ours, floor, ours...) in the same process.
+`submit` round trip, and a `map` of 200 trivial calls with the default chunking (about four
+tasks per worker slot) and with chunksize=25 (one task per slot). Runs are interleaved
+(floor, ours, floor, ours...) in the same process.
 Needs the testbed with its k8s component (`nox -s testbed`).
 """
 
@@ -68,14 +69,14 @@ def ours_single(ex: RemoteExecutor) -> float:
     return time.perf_counter() - start
 
 
-def ours_map(ex: RemoteExecutor) -> float:
+def ours_map(ex: RemoteExecutor, chunksize: int | None = None) -> float:
     start = time.perf_counter()
-    assert list(ex.map(square, range(N))) == [i * i for i in range(N)]
+    assert list(ex.map(square, range(N), chunksize=chunksize)) == [i * i for i in range(N)]
     return time.perf_counter() - start
 
 
 def main() -> None:
-    floors, singles, maps = [], [], []
+    floors, singles, maps, maps8 = [], [], [], []
     with RemoteExecutor("kubernetes", kubeconfig=KUBECONFIG, namespace=NAMESPACE,
                         python="/usr/bin/python3", max_workers=8) as ex:
         ours_single(ex)  # warm: probe, connection, watch
@@ -83,13 +84,18 @@ def main() -> None:
             floors.append(asyncio.run(floor()))
             singles.append(ours_single(ex))
             maps.append(ours_map(ex))
-    f, s, m = (statistics.median(v) for v in (floors, singles, maps))
+            maps8.append(ours_map(ex, chunksize=N // 8))
+    f, s, m, m8 = (statistics.median(v) for v in (floors, singles, maps, maps8))
     print("| scenario | floor s (1 Job + log) | remote_futures s | ratio |")
     print("|---|---|---|---|")
     print(f"| one `submit` round trip | {f:.2f} | {s:.2f} | {s / f:.1f} |")
-    print(f"| `map` of {N} trivial calls (8 Jobs) | {f:.2f} | {m:.2f} | {m / f:.1f} |")
+    print(f"| `map` of {N} trivial calls (default chunking: {N // 32 + 1} calls a task) "
+          f"| {f:.2f} | {m:.2f} | {m / f:.1f} |")
+    print(f"| `map` of {N} trivial calls, chunksize={N // 8} (8 tasks) | {f:.2f} | {m8:.2f} "
+          f"| {m8 / f:.1f} |")
     print(f"(medians of {REPEATS}; floors {[round(x, 2) for x in floors]}, "
-          f"submit {[round(x, 2) for x in singles]}, map {[round(x, 2) for x in maps]})")
+          f"submit {[round(x, 2) for x in singles]}, map {[round(x, 2) for x in maps]}, "
+          f"map of 8 tasks {[round(x, 2) for x in maps8]})")
 
 
 if __name__ == "__main__":
