@@ -52,7 +52,8 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against peers in the same run (ratios, not assertions)."""
     session.install("-e", ".[ssh]")
     facts = os.path.join(os.environ.get("RF_TESTBED_DIR", "/tmp/rf-testbed"), "testbed.json")
-    scripts = ["benchmarks/bench_local.py", "benchmarks/bench_envsync.py"]
+    scripts = ["benchmarks/bench_local.py", "benchmarks/bench_scale.py",
+               "benchmarks/bench_envsync.py"]
     if os.path.exists(facts):
         # submitit runs on the testbed host as the SLURM user, with the testbed's Python.
         session.run("uv", "pip", "install", "--quiet", "--python",

@@ -1,25 +1,35 @@
-"""The async core: the one place that owns a call's life, from queueing to its future's result.
+"""The async core: the loop that owns a call's life, from queueing to its future's result.
 
-Data flow (compare CPython's ``concurrent/futures/process.py``)::
+The decisions live in pure modules: :mod:`~remote_futures.planning` turns requests into jobs,
+:mod:`~remote_futures.ledger` keeps per-call books and applies what a transport reports. This
+module only runs the loops, owns admission (the one limiter of ``max_workers`` task slots) and
+does the I/O. Data flow (compare CPython's ``concurrent/futures/process.py``)::
 
     caller thread                      event-loop thread (this module)
     -------------                      --------------------------------------------------------
     RemoteExecutor.submit/map
-      pickle call(s) -> _Call
-      enqueue(_Request) ---------->    _dispatch_loop: coalesce submits, split maps at the
-                                         transport's max tasks/job, encode task payloads,
-                                         transport.submit(JobSpec) -> JobHandle
-                                       _poll_loop: every cycle ONE transport.poll(all jobs),
-                                         back-off while nothing changes;
-                                         task RUNNING  -> future.set_running_or_notify_cancel()
-                                         outcome ready -> fetch, decode, set_result/_exception
-                                         task ended without outcome -> JobFailedError with the
-                                           job id, state, exit code and stderr tail
-                                         all calls settled -> transport.release(job)
-    future.cancel() (pending) ---->    _on_cancel: cancel the array task / job in the scheduler
+      pickle fn once, each call's args
+      enqueue(Request) ----------->    _queue
+                                       _dispatch_loop: plan_jobs (coalesce submits, split at
+                                         the array limit) -> _planned
+                                       _admit: while slots are free, grant the oldest planned
+                                         job min(tasks, free) slots (throttling transports) or
+                                         carve off as many tasks as fit (the others);
+                                         encode_job -> transport.submit(JobSpec): started now,
+                                         or raise -> its calls fail, its slots come back
+                                       _poll_loop: ONE transport.poll(all jobs) per cycle;
+                                         ledger.apply_status(delta) ->
+                                           task seen after PENDING -> future running
+                                           task terminal -> its slots come back -> _admit
+                                           outcome ready -> fetch, decode, set_result/exception
+                                           task ended, calls open -> JobFailedError (+stderr)
+                                         every call settled -> transport.release(job)
+    future.cancel() -------------->    _on_cancel: drop it from the books; cancel its task in
+                                         the scheduler once nothing is wanted from it
 
 Every future is settled exactly once, by this thread; infrastructure failure (the transport
-cannot open, poll or submit any more) settles every unsettled future with an error.
+cannot open, poll or submit any more), or anything raised on this thread that should not have
+been, settles every unsettled future with an error and marks the engine broken.
 """
 
 from __future__ import annotations
@@ -27,11 +37,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import dataclasses
 import logging
-import uuid
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -43,70 +52,52 @@ from .errors import (
     RemoteTraceback,
     TransportError,
 )
-from .jobs import CodeBundle, JobHandle, JobSpec, JobStatus, TaskSpec, TaskState, TaskStatus
-from .resources import Resources
-from .serialization import InitializerFailed, decode_outcome, encode_task
+from .jobs import JobHandle, TaskState
+from .ledger import Call, Job, Task, apply_status
+from .planning import Request, drop_cancelled, encode_job, plan_jobs, take_tasks
+from .serialization import InitializerFailed, decode_outcome
 from .transports.base import Transport
 
-__all__ = ["Call", "Engine", "Request"]
+__all__ = ["Call", "Engine", "RemoteFuture", "Request"]
 
 log = logging.getLogger("remote_futures")
 
+T = TypeVar("T")
+
 #: Consecutive failed polls after which the transport is considered gone.
 _MAX_POLL_FAILURES = 5
+#: The first poll after a submission comes this soon, then the interval doubles up to the
+#: transport's own: a short job is seen finished soon after it does.
+_FIRST_POLL = 0.1
+#: At shutdown, submissions in flight get this long to return (so that a job the scheduler
+#: accepted is known and can be cancelled), queued cancellations and clean-ups this long.
+_SUBMIT_GRACE = 3.0
+_CANCEL_GRACE = 60.0
+_RELEASE_GRACE = 30.0
 
 
-@dataclasses.dataclass(eq=False)
-class Call:
-    """One pickled call and the future that will receive its outcome."""
+class RemoteFuture(concurrent.futures.Future[T]):
+    """A ``concurrent.futures.Future`` that can also be awaited in a running asyncio loop.
 
-    blob: bytes
-    future: concurrent.futures.Future[Any]
-    index: int = -1
-    job: _Job | None = None
-    task: _Task | None = None
-    #: False once the future is done and the job has counted it (see ``Engine._close_call``).
-    open: bool = True
-
-
-@dataclasses.dataclass(eq=False)
-class Request:
-    """Work handed over by the facade: tasks of calls, with the resources they need.
-
-    ``coalesce`` marks a single ``submit``: such requests that arrive together (the same
-    resources) are merged into one array job, which schedulers launch far faster than many jobs.
+    Cancelling the awaiting asyncio task cancels this future too (if it is still pending).
     """
 
-    tasks: list[list[Call]]
-    resources: Resources
-    coalesce: bool = False
-    #: The caller's own modules at the time of the request (remote transports).
-    code: CodeBundle | None = None
+    #: The engine and the call behind a pending future; cleared when the core settles it, so a
+    #: done future keeps nothing else alive.
+    _rf_hook: tuple[Engine, Call] | None = None
 
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self).__await__()
 
-@dataclasses.dataclass(eq=False)
-class _Task:
-    index: int
-    calls: list[Call]
-    state: TaskState = TaskState.PENDING
-    status: TaskStatus | None = None
-    running_marked: bool = False
-
-
-@dataclasses.dataclass(eq=False)
-class _Job:
-    tasks: list[_Task]
-    handle: JobHandle | None = None
-    settled: bool = False
-    #: Bookkeeping that keeps a poll cycle proportional to what changed, not to the job's size.
-    by_index: dict[int, Call] = dataclasses.field(default_factory=dict)
-    fetched: set[int] = dataclasses.field(default_factory=set)
-    open_calls: int = 0
-    ended: list[_Task] = dataclasses.field(default_factory=list)
-    code: CodeBundle | None = None
-
-    def calls(self) -> list[Call]:
-        return [call for task in self.tasks for call in task.calls]
+    def cancel(self) -> bool:
+        """Cancel the call if it is not running yet (as ``concurrent.futures``); the core then
+        forgets it, and cancels its task in the scheduler once nothing is wanted from it."""
+        if not super().cancel():
+            return False
+        hook, self._rf_hook = self._rf_hook, None
+        if hook is not None:
+            hook[0].call_cancelled(hook[1])
+        return True
 
 
 class Engine:
@@ -123,20 +114,37 @@ class Engine:
         self._initializer = initializer
         self._sys_path = list(sys_path)
         self._queue: collections.deque[Request] = collections.deque()
-        self._active: dict[JobHandle, _Job] = {}
-        self._submitting: set[_Job] = set()
+        #: Jobs planned but not admitted yet (waiting for free slots), oldest first.
+        self._planned: collections.deque[Job] = collections.deque()
+        self._active: dict[JobHandle, Job] = {}
+        self._submitting: set[Job] = set()
+        #: Task slots not granted to any job: the one place ``max_workers`` is enforced.
+        self._free = transport.max_workers
+        #: Jobs whose grant is below their unended tasks (candidates for ``raise_throttle``).
+        self._throttled: dict[Job, None] = {}
+        #: Jobs with outcomes reported ready and not read yet.
+        self._has_ready: dict[Job, None] = {}
+        #: Tasks that ended with calls still open (explained with the scheduler's story).
+        self._ended: list[tuple[Job, Task]] = []
+        #: Calls handed over and not settled nor cancelled yet.
+        self._unsettled = 0
         self._wake = anyio.Event()
         self._poll_now = anyio.Event()
+        self._fast_poll = False
         #: Cancellations to carry out in the scheduler, queued by plain loop callbacks (which
         #: cannot start tasks) and carried out by ``_cancel_loop``.
         self._cancels: list[tuple[JobHandle, list[int] | None]] = []
         self._cancel_wake = anyio.Event()
         self._stop_requested = anyio.Event()
+        self._stopping = False
         self._stopped = anyio.Event()
+        self._submitted = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._prepare_scope: anyio.CancelScope | None = None
         #: Set once the executor can no longer run work; read by the facade's ``submit``.
         self.broken: BrokenRemoteExecutor | None = None
 
@@ -144,37 +152,68 @@ class Engine:
 
     def enqueue(self, request: Request) -> None:
         """Queue work (loop thread). Also hooks each future's cancellation into the core."""
-        if self.broken is not None:
-            for task in request.tasks:
-                for call in task:
-                    _settle(call.future, exception=self.broken)
+        calls = [call for task in request.tasks for call in task]
+        if self.broken is not None or self._stopping:
+            error = self.broken or BrokenRemoteExecutor("the executor is shutting down")
+            for call in calls:
+                _settle(call.future, exception=error)
+                call.forget()
             return
-        for task in request.tasks:
-            for call in task:
-                call.future.add_done_callback(self._cancel_callback(call))
-        self._queue.append(request)
+        self._unsettled += len(calls)
         if self._idle.is_set():
             self._idle = anyio.Event()
+        for call in calls:
+            future = call.future
+            assert isinstance(future, RemoteFuture)
+            future._rf_hook = (self, call)
+            if future.cancelled():  # cancelled before the hook was set: count it out now
+                future._rf_hook = None
+                self._count_out(call)
+        self._queue.append(request)
         self._wake.set()
 
+    def call_cancelled(self, call: Call) -> None:
+        """A future was cancelled (any thread): update the books on the loop thread."""
+        if threading.get_ident() == self._loop_thread:
+            self._on_cancel(call)
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._on_cancel, call)
+        except RuntimeError:
+            pass  # the loop is closing: nothing is left to cancel remotely
+
     def cancel_pending(self) -> None:
-        """Cancel every future that is not running yet (``shutdown(cancel_futures=True)``)."""
-        for request in list(self._queue):
-            for task in request.tasks:
-                for call in task:
-                    call.future.cancel()
-        for job in [*self._active.values(), *self._submitting]:
-            for call in job.calls():
-                call.future.cancel()
+        """Cancel every future that is not running yet (``shutdown(cancel_futures=True)``).
+        Runs on the loop thread, so each cancellation is booked directly, not scheduled."""
+        calls = [call for request in self._queue for task in request.tasks for call in task]
+        calls += [call for job in self._planned for task in job.tasks for call in task.calls]
+        for job in [*self._submitting, *self._active.values()]:
+            calls += job.open_calls()
+        cancel = concurrent.futures.Future.cancel  # the hook's work is done right here
+        for call in calls:
+            future = call.future
+            if isinstance(future, RemoteFuture) and cancel(future):
+                future._rf_hook = None
+                self._on_cancel(call)
 
     async def wait_idle(self) -> None:
-        """Wait until every call handed over so far is settled."""
+        """Wait until every call handed over so far is settled or cancelled."""
         await self._idle.wait()
 
     async def stop(self) -> None:
         """Stop the loops and close the transport; wait until :meth:`run` has finished."""
         self._stop_requested.set()
+        if self._prepare_scope is not None:
+            self._prepare_scope.cancel()
         await self._stopped.wait()
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is still going (the facade refuses work once it is not)."""
+        return not self._stopped.is_set()
 
     # --- the loops ----------------------------------------------------------------------------
 
@@ -183,38 +222,69 @@ class Engine:
     ) -> None:
         """Open the transport, prepare it, then dispatch and poll until :meth:`stop`."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         task_status.started()
         try:
             try:
                 # Entered in this task and exited in it, around the loops' task group and with
                 # no scope in between, so that a transport may hold a task group of its own.
                 async with self.transport:
-                    await self.transport.prepare()
-                    async with anyio.create_task_group() as tg:
-                        self._task_group = tg
-                        tg.start_soon(self._dispatch_loop)
-                        tg.start_soon(self._poll_loop)
-                        tg.start_soon(self._cancel_loop)
-                        await self._stop_requested.wait()
-                        # Cancellations already asked for must reach the scheduler, or the
-                        # tasks would stay queued there after we are gone.
-                        with anyio.move_on_after(60):
-                            await self._run_cancels()
-                        tg.cancel_scope.cancel()
-                    self._task_group = None
+                    # stop() cancels a long preparation (an environment sync): a shutdown
+                    # with every call cancelled must not wait for it.
+                    with anyio.CancelScope() as self._prepare_scope:
+                        if not self._stop_requested.is_set():
+                            await self.transport.prepare()
+                    prepared = not self._prepare_scope.cancel_called
+                    self._prepare_scope = None
+                    if prepared:
+                        await self._run_loops()
             except Exception as exc:
-                self._task_group = None
                 self._break(f"the {self.transport.describe} transport failed: {exc}", exc)
+            except BaseException as exc:
+                if isinstance(exc, anyio.get_cancelled_exc_class()):
+                    raise
+                # SystemExit or KeyboardInterrupt raised by code run on this thread: the
+                # loop cannot go on, but no future may be left pending.
+                self._break(f"the executor's event loop was stopped by {exc!r}", exc)
             await self._stop_requested.wait()
         finally:
             self._task_group = None
+            self._stopping = True
             self._fail_everything(
                 BrokenRemoteExecutor("the executor was shut down before this call finished")
             )
             self._stopped.set()
 
+    async def _run_loops(self) -> None:
+        async with anyio.create_task_group() as tg:
+            self._task_group = tg
+            tg.start_soon(self._dispatch_loop)
+            tg.start_soon(self._poll_loop)
+            tg.start_soon(self._cancel_loop)
+            await self._stop_requested.wait()
+            await self._wind_down()
+            tg.cancel_scope.cancel()
+        self._task_group = None
+
+    async def _wind_down(self) -> None:
+        """At shutdown: let submissions in flight return (a job the scheduler accepted must be
+        known to be cancelled), carry out queued cancellations, release finished jobs."""
+        self._stopping = True
+        with anyio.move_on_after(_SUBMIT_GRACE):
+            while self._submitting:
+                await self._submitted.wait()
+                self._submitted = anyio.Event()
+        for job in list(self._active.values()):
+            if job.unsettled > 0:
+                self._cancel_tasks(job, job.tasks)
+        with anyio.move_on_after(_CANCEL_GRACE):
+            await self._run_cancels()
+        with anyio.move_on_after(_RELEASE_GRACE):
+            for job in list(self._active.values()):
+                if job.unsettled == 0:
+                    await self._release(job)
+
     async def _dispatch_loop(self) -> None:
-        assert self._task_group is not None
         while True:
             await self._wake.wait()
             if any(request.coalesce for request in self._queue):
@@ -222,10 +292,8 @@ class Engine:
             self._wake = anyio.Event()
             requests = list(self._queue)
             self._queue.clear()
-            for job, resources in self._plan_jobs(requests):
-                self._submitting.add(job)
-                self._task_group.start_soon(self._submit, job, resources)
-            self._check_idle()
+            self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job))
+            self._admit()
 
     async def _gather_burst(self) -> None:
         """Wait while submissions keep arriving (a loop of ``submit`` calls), so that they go
@@ -238,78 +306,129 @@ class Engine:
             if len(self._queue) == before:
                 break
 
-    def _plan_jobs(self, requests: list[Request]) -> list[tuple[_Job, Resources]]:
-        """Group requests into jobs: coalesce single submits, split at the array size limit."""
-        planned: list[tuple[list[list[Call]], Resources, CodeBundle | None]] = []
-        singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
-        for request in requests:
-            if request.coalesce:
-                singles.setdefault((request.resources, request.code), []).extend(request.tasks)
-            else:
-                planned.append((request.tasks, request.resources, request.code))
-        planned.extend((tasks, key[0], key[1]) for key, tasks in singles.items())
-        limit = max(1, self.transport.max_tasks_per_job)
-        jobs: list[tuple[_Job, Resources]] = []
-        for tasks, resources, code in planned:
-            for start in range(0, len(tasks), limit):
-                chunk = tasks[start : start + limit]
-                job = _Job([_Task(i, calls) for i, calls in enumerate(chunk)], code=code)
-                jobs.append((job, resources))
-        return jobs
+    # --- admission ----------------------------------------------------------------------------
 
-    async def _submit(self, job: _Job, resources: Resources) -> None:
-        # Calls cancelled while queued are dropped before anything reaches the scheduler.
-        for task in job.tasks:
-            task.calls = [call for call in task.calls if not call.future.cancelled()]
-        job.tasks = [task for task in job.tasks if task.calls]
+    def _admit(self) -> None:
+        """Grant free slots to planned jobs, oldest first, and start their submissions."""
+        tg = self._task_group
+        if tg is None or self._stopping:
+            return
+        throttles = self.transport.supports_throttle
+        while self._planned and self._free > 0:
+            head = self._planned[0]
+            if not head.tasks:
+                self._planned.popleft()
+                continue
+            if throttles or len(head.tasks) <= self._free:
+                job = self._planned.popleft()
+                job.grant = min(len(job.tasks), self._free)
+            else:
+                # No array throttle: start only what fits, the rest waits for room.
+                job = take_tasks(head, self._free)
+                job.grant = len(job.tasks)
+            self._free -= job.grant
+            self._submitting.add(job)
+            tg.start_soon(self._submit, job)
+        if self._free > 0 and not self._planned and self._throttled:
+            self._widen_throttles()
+
+    def _return_slots(self, job: Job) -> None:
+        """Take back the slots ``job`` no longer needs, and hand them on."""
+        held = job.held_slots()
+        if held < job.grant:
+            self._free += job.grant - held
+            job.grant = held
+        if job.grant >= job.unended or job.released:
+            self._throttled.pop(job, None)
+        if self._free > 0:
+            self._admit()
+
+    def _widen_throttles(self) -> None:
+        assert self._task_group is not None
+        for job in list(self._throttled):
+            if self._free <= 0:
+                break
+            if job.throttle_fixed or job.handle is None or job.released:
+                self._throttled.pop(job, None)
+                continue
+            extra = min(self._free, job.unended - job.grant)
+            if extra <= 0:
+                self._throttled.pop(job, None)
+                continue
+            self._free -= extra
+            job.grant += extra
+            self._throttled.pop(job, None)
+            self._task_group.start_soon(self._raise_throttle, job, extra)
+
+    async def _raise_throttle(self, job: Job, extra: int) -> None:
+        assert job.handle is not None
+        try:
+            raised = await self.transport.raise_throttle(job.handle, job.grant)
+        except Exception as exc:
+            log.warning("raising the throttle of job %s failed: %r", job.handle.job_id, exc)
+            raised = False
+        if not raised:
+            job.throttle_fixed = True
+            job.grant -= extra
+            self._free += extra
+            self._admit()
+        elif job.grant < job.unended:
+            self._throttled[job] = None
+
+    async def _submit(self, job: Job) -> None:
+        # Calls cancelled while the job waited are dropped before anything goes out.
+        drop_cancelled(job)
         if not job.tasks:
             self._submitting.discard(job)
-            self._check_idle()
+            self._free += job.grant
+            self._submitted.set()
+            self._admit()
             return
-        counter = 0
-        specs = []
-        for position, task in enumerate(job.tasks):
-            task.index = position
-            for call in task.calls:
-                call.index, call.job, call.task = counter, job, task
-                job.by_index[counter] = call
-                counter += 1
-            payload = encode_task(
-                ((call.index, call.blob) for call in task.calls),
-                initializer=self._initializer,
-                sys_path=self._sys_path,
-                code=job.code.name if job.code else None,
-            )
-            specs.append(TaskSpec(position, payload, tuple(call.index for call in task.calls)))
-        job.open_calls = counter
-        spec = JobSpec(
-            name=f"rf-{uuid.uuid4().hex[:12]}",
-            tasks=tuple(specs),
-            resources=resources,
-            max_concurrent=self.transport.max_workers if len(specs) > 1 else None,
-            code=job.code,
+        if job.grant > len(job.tasks):
+            self._free += job.grant - len(job.tasks)
+            job.grant = len(job.tasks)
+        spec = encode_job(
+            job,
+            max_concurrent=job.grant,
+            initializer=self._initializer,
+            sys_path=self._sys_path,
         )
         try:
             handle = await self.transport.submit(spec)
         except Exception as exc:
+            # Refused, or the connection dropped: the job's calls fail now, its slots return.
             self._submitting.discard(job)
+            self._submitted.set()
+            self._free += job.grant
+            job.grant = 0
             error = exc if isinstance(exc, RemoteFuturesError) else TransportError(
                 f"submitting to {self.transport.describe} failed: {exc!r}"
             )
             log.warning("submission of %s failed: %s", spec.name, error)
-            for call in job.calls():
-                _settle(call.future, exception=error)
-            self._check_idle()
+            del spec
+            for call in job.open_calls():
+                self._finish(call, exception=error)
+            self._admit()
             return
+        # The payloads went out: do not keep them in memory while the job runs.
+        handle.spec = spec.without_payloads()
+        del spec
         self._submitting.discard(job)
+        self._submitted.set()
         job.handle = handle
         self._active[handle] = job
-        log.debug("submitted %s as job %s (%d tasks)", spec.name, handle.job_id, len(specs))
-        # A call cancelled during submission is cancelled in the scheduler now.
-        cancelled = [t for t in job.tasks if all(c.future.cancelled() for c in t.calls)]
-        if cancelled:
-            self._cancel_tasks(job, cancelled)
+        if job.grant < job.unended:
+            self._throttled[job] = None
+        log.debug("submitted job %s (%d tasks, %d at once)", handle.job_id, len(job.tasks),
+                  job.grant)
+        # Calls cancelled during the submission: cancel their tasks in the scheduler now.
+        unwanted = [task for task in job.tasks if not any(c.unsettled for c in task.calls)]
+        if unwanted:
+            self._cancel_tasks(job, unwanted)
+        self._fast_poll = True
         self._poll_now.set()
+
+    # --- polling ------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
         low, high = self.transport.poll_interval
@@ -318,10 +437,12 @@ class Engine:
         while True:
             if not self._active:
                 await self._poll_now.wait()
-                interval = low
             else:
                 await self._wait_for_next_cycle(interval)
             self._poll_now = anyio.Event()
+            if self._fast_poll:
+                self._fast_poll = False
+                interval = min(_FIRST_POLL, low)
             if not self._active:
                 continue
             try:
@@ -336,7 +457,10 @@ class Engine:
                 interval = min(high, max(interval, low) * 2)
                 continue
             failures = 0
-            interval = low if changed else min(high, interval * 1.5)
+            if changed:
+                interval = min(interval * 2, low) if interval < low else low
+            else:
+                interval = min(high, interval * 2 if interval < low else interval * 1.5)
 
     async def _wait_for_next_cycle(self, interval: float) -> None:
         """Sleep ``interval``, or less if the transport reports progress or the core asks."""
@@ -358,63 +482,56 @@ class Engine:
         """One cycle: learn states, fetch new outcomes, settle futures. True if anything moved."""
         statuses = await self.transport.poll(list(self._active))
         changed = False
-        wanted: dict[JobHandle, list[int]] = {}
         for handle, status in statuses.items():
             job = self._active.get(handle)
             if job is None:
                 continue
-            changed |= self._apply_states(job, status)
-            fresh = [index for index in status.ready_calls if index not in job.fetched]
-            if fresh:
-                wanted[handle] = fresh
-        if wanted:
-            outcomes = await self.transport.fetch_outcomes(wanted)
-            for handle, blobs in outcomes.items():
-                job = self._active.get(handle)
-                if job is None:
-                    continue
-                for index, data in blobs.items():
-                    call = job.by_index.get(index)
-                    if call is not None and index not in job.fetched:
-                        job.fetched.add(index)
-                        self._settle_outcome(call, data)
-                        changed = True
-        for handle in statuses:
-            job = self._active.get(handle)
-            if job is not None:
-                if job.ended:
-                    changed |= await self._fail_ended_tasks(job)
-                await self._release_if_settled(job)
+            effects = apply_status(job, status)
+            changed |= effects.changed
+            for call in effects.started:
+                if call.future is not None:
+                    _mark_running(call.future)
+            if effects.ended:
+                self._ended.extend((job, task) for task in effects.ended)
+                self._return_slots(job)
+            if job.ready:
+                self._has_ready[job] = None
+        if self._has_ready:
+            changed |= await self._fetch_ready()
+        if self._ended:
+            changed |= await self._fail_ended_tasks()
+        for job in [job for job in self._active.values() if job.unsettled == 0]:
+            await self._release(job)
         return changed
 
-    def _apply_states(self, job: _Job, status: JobStatus) -> bool:
+    async def _fetch_ready(self) -> bool:
+        jobs = {job.handle: job for job in self._has_ready if job.handle is not None}
+        self._has_ready.clear()
+        wanted = {handle: sorted(job.ready) for handle, job in jobs.items()}
+        outcomes = await self.transport.fetch_outcomes(wanted)
         changed = False
-        for index, seen in status.tasks.items():
-            if index >= len(job.tasks):
+        for handle, blobs in outcomes.items():
+            job = jobs.get(handle)
+            if job is None:
                 continue
-            task = job.tasks[index]
-            if seen.state == task.state:
-                continue
-            task.state = seen.state
-            task.status = seen
-            changed = True
-            if not task.running_marked:
-                task.running_marked = True
-                for call in task.calls:
-                    if call.open:
-                        _mark_running(call.future)
-            if seen.state.terminal:
-                job.ended.append(task)
+            for index, data in blobs.items():
+                job.ready.discard(index)
+                call = job.by_index.get(index)
+                if call is not None and call.unsettled:
+                    self._settle_outcome(call, data)
+                    changed = True
+        for job in jobs.values():
+            if job.ready and not job.released:
+                self._has_ready[job] = None  # listed but not readable yet: try again
         return changed
 
-    async def _fail_ended_tasks(self, job: _Job) -> bool:
+    async def _fail_ended_tasks(self) -> bool:
         """Settle calls of tasks that ended without an outcome, with the scheduler's story."""
-        assert job.handle is not None
         changed = False
-        ended, job.ended = job.ended, []
-        for task in ended:
-            orphans = [call for call in task.calls if call.open]
-            if not orphans or task.status is None:
+        ended, self._ended = self._ended, []
+        for job, task in ended:
+            orphans = [call for call in task.calls if call.unsettled]
+            if not orphans or task.status is None or job.handle is None:
                 continue
             changed = True
             seen = task.status
@@ -437,19 +554,22 @@ class Engine:
                 stderr_tail=tail,
             )
             for call in orphans:
-                self._finish(call, exception=error)
+                if call.unsettled:
+                    self._finish(call, exception=error)
         return changed
 
-    async def _release_if_settled(self, job: _Job) -> None:
-        if job.handle is None or job.open_calls > 0 or job.settled:
+    async def _release(self, job: Job) -> None:
+        if job.handle is None or job.released:
             return
         self._active.pop(job.handle, None)
-        job.settled = True
+        job.released = True
+        self._return_slots(job)
+        self._has_ready.pop(job, None)
         try:
             await self.transport.release(job.handle)
         except Exception as exc:
             log.warning("cleaning up job %s failed: %r", job.handle.job_id, exc)
-        self._check_idle()
+        self._admit()
 
     def _settle_outcome(self, call: Call, data: bytes) -> None:
         ok, value = decode_outcome(data)
@@ -467,38 +587,40 @@ class Engine:
     def _finish(
         self, call: Call, *, result: Any = None, exception: BaseException | None = None
     ) -> None:
-        _settle(call.future, result=result, exception=exception)
-        self._close_call(call)
+        """Settle ``call``'s future and count it out of its job."""
+        if not call.unsettled:
+            return
+        future = call.future
+        self._count_out(call)
+        if isinstance(future, RemoteFuture):
+            future._rf_hook = None
+        _settle(future, result=result, exception=exception)
 
-    def _close_call(self, call: Call) -> None:
-        if call.open:
-            call.open = False
-            if call.job is not None:
-                call.job.open_calls -= 1
+    def _count_out(self, call: Call) -> None:
+        job = call.job
+        if job is not None:
+            job.unsettled -= 1
+            job.by_index.pop(call.index, None)
+        call.forget()
+        self._unsettled -= 1
+        self._check_idle()
 
     # --- cancellation -------------------------------------------------------------------------
 
-    def _cancel_callback(self, call: Call) -> Any:
-        def on_done(future: concurrent.futures.Future[Any]) -> None:
-            if future.cancelled() and self._loop is not None and not self._loop.is_closed():
-                try:
-                    self._loop.call_soon_threadsafe(self._on_cancel, call)
-                except RuntimeError:
-                    pass  # the loop is closing; nothing left to cancel remotely
-
-        return on_done
-
     def _on_cancel(self, call: Call) -> None:
-        self._close_call(call)
-        job, task = call.job, call.task
-        if job is None or task is None or job.handle is None or job.settled:
-            self._check_idle()
+        if not call.unsettled:
             return
-        if not task.state.terminal and all(c.future.cancelled() for c in task.calls):
+        job, task = call.job, call.task
+        self._count_out(call)
+        if job is None or task is None or job.handle is None or job.released:
+            return  # not submitted yet: dropped before submission
+        job.ready.discard(call.index)
+        if not task.state.terminal and not any(c.unsettled for c in task.calls):
             self._cancel_tasks(job, [task])
-        self._poll_now.set()
+        if job.unsettled == 0:
+            self._poll_now.set()  # release it
 
-    def _cancel_tasks(self, job: _Job, tasks: list[_Task]) -> None:
+    def _cancel_tasks(self, job: Job, tasks: list[Task]) -> None:
         """Queue the cancellation of ``tasks`` (all of them: the whole job) in the scheduler.
         Safe from plain loop callbacks: it only queues and wakes ``_cancel_loop``."""
         if job.handle is None:
@@ -545,19 +667,18 @@ class Engine:
         self._fail_everything(self.broken)
 
     def _fail_everything(self, error: BaseException) -> None:
-        for request in list(self._queue):
-            for task in request.tasks:
-                for call in task:
-                    _settle(call.future, exception=error)
+        calls = [call for request in self._queue for task in request.tasks for call in task]
         self._queue.clear()
-        for job in [*self._active.values(), *self._submitting]:
-            for call in job.calls():
-                self._finish(call, exception=error)
-        self._active.clear()
+        calls += [call for job in self._planned for task in job.tasks for call in task.calls]
+        self._planned.clear()
+        for job in [*self._submitting, *self._active.values()]:
+            calls += job.open_calls()
+        for call in calls:
+            self._finish(call, exception=error)
         self._check_idle()
 
     def _check_idle(self) -> None:
-        if not self._queue and not self._active and not self._submitting:
+        if self._unsettled <= 0:
             self._idle.set()
 
 
@@ -569,13 +690,13 @@ def _mark_running(future: concurrent.futures.Future[Any]) -> bool:
 
 
 def _settle(
-    future: concurrent.futures.Future[Any],
+    future: concurrent.futures.Future[Any] | None,
     *,
     result: Any = None,
     exception: BaseException | None = None,
 ) -> None:
     """Resolve ``future`` unless it is already done (cancelled by the user, or settled)."""
-    if future.done():
+    if future is None or future.done():
         return
     try:
         if exception is not None:
@@ -584,4 +705,8 @@ def _settle(
             future.set_result(result)
     except concurrent.futures.InvalidStateError:
         pass  # cancelled concurrently by the user, in another thread
-
+    except BaseException as exc:  # a done-callback raising SystemExit, say
+        # Future._invoke_callbacks only catches Exception: whatever else a done-callback
+        # raised arrives here, after the future was settled. It must not stop the loop that
+        # settles every other future.
+        log.error("a done-callback of a remote_futures future raised %r; ignored", exc)

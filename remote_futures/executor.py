@@ -2,7 +2,16 @@
 
 A thin synchronous facade over the async core (:mod:`remote_futures.core`), which runs on an
 event loop in a background thread (an anyio blocking portal). The facade pickles each call in
-the caller's thread, so an unpicklable function fails at ``submit``; it never blocks the loop.
+the caller's thread (a ``map``'s function once), so an unpicklable function fails at ``submit``;
+it never blocks the loop. ``submit``/``map``/``amap`` are those of a :class:`ResourceView` with
+the executor's own resources.
+
+Life cycle, as the standard library's: the loop thread is held by a module registry, not by the
+executor, so an executor dropped with work pending finishes it (a weakref finalizer starts a
+non-cancelling ``shutdown(wait=False)``); at interpreter exit the work of executors not shut
+down is awaited, unless the program is ending on a Ctrl-C, when what did not start is
+cancelled. Interrupted while waiting in ``shutdown`` (a second Ctrl-C), the loop is stopped at
+once: the core cancels its jobs and fails what is left, and the transport cleans up.
 """
 
 from __future__ import annotations
@@ -14,17 +23,19 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
 
 from .config import resolve_target
-from .core import Call, Engine, Request
+from .core import Engine, RemoteFuture
 from .errors import BrokenRemoteExecutor, ConfigurationError
+from .ledger import Call
+from .planning import Request
 from .resources import Resources
-from .serialization import dumps_call, dumps_initializer, user_code
+from .serialization import CallPickler, dumps_initializer, user_code
 from .transports import transport_class
 from .transports.base import Transport, build_options
 
@@ -32,18 +43,99 @@ __all__ = ["RemoteExecutor", "RemoteFuture"]
 
 T = TypeVar("T")
 
-_live_executors: weakref.WeakSet[RemoteExecutor] = weakref.WeakSet()
+#: Event loops with work that is not finished: held here, not by their executor, so that an
+#: executor dropped with work pending still finishes it (as ProcessPoolExecutor's does).
+_runtimes: set[_Runtime] = set()
+_runtimes_lock = threading.Lock()
 _interpreter_exiting = False
 
 
-class RemoteFuture(concurrent.futures.Future[T]):
-    """A ``concurrent.futures.Future`` that can also be awaited in a running asyncio loop.
+class _Runtime:
+    """The event-loop thread running one engine, and its orderly end."""
 
-    Cancelling the awaiting asyncio task cancels this future too (if it is still pending).
-    """
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self._cm = anyio.from_thread.start_blocking_portal("asyncio", name=name)
+        self.portal = self._cm.__enter__()
+        self.loop: asyncio.AbstractEventLoop = self.portal.call(asyncio.get_running_loop)
+        self.portal.start_task_soon(engine.run)
+        self.closed = False
+        self._close_lock = threading.Lock()
+        # Requests wait here and the loop is woken once per batch, not once per submit: a
+        # wake-up costs a write to the loop's socket and a switch of threads (the GIL), which
+        # dominated the cost of a loop of submits.
+        self._inbox: list[Request] = []
+        self._inbox_lock = threading.Lock()
+        self._wakeup_pending = False
+        with _runtimes_lock:
+            _runtimes.add(self)
 
-    def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.wrap_future(self).__await__()
+    def check_alive(self) -> None:
+        """Raise :class:`BrokenRemoteExecutor` if the loop can no longer take work."""
+        broken = self.engine.broken
+        if broken is not None:
+            raise BrokenRemoteExecutor(str(broken)) from broken.__cause__
+        if self.closed or not self.engine.running or self.loop.is_closed():
+            raise BrokenRemoteExecutor("the executor's event loop is no longer running")
+
+    def hand_over(self, request: Request) -> None:
+        """Queue ``request`` for the loop (any thread), in order."""
+        with self._inbox_lock:
+            self._inbox.append(request)
+            if self._wakeup_pending:
+                return
+            self._wakeup_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:
+            raise BrokenRemoteExecutor("the executor's event loop is no longer running") from None
+
+    def _drain(self) -> None:
+        with self._inbox_lock:
+            requests, self._inbox = self._inbox, []
+            self._wakeup_pending = False
+        for request in requests:
+            self.engine.enqueue(request)
+
+    def cancel_pending(self) -> None:
+        """Cancel every call not running yet."""
+        if not self.closed:
+            try:
+                self.portal.call(self.engine.cancel_pending)
+            except RuntimeError:
+                pass  # the loop already ended: every future was resolved then
+
+    def close(self) -> None:
+        """Wait for the work handed over, then stop the loop. Interrupted (Ctrl-C), it stops
+        the loop at once instead: the core cancels its jobs and fails what is left."""
+        with self._close_lock:
+            if self.closed:
+                return
+            try:
+                self.portal.call(self.engine.wait_idle)
+                self.portal.call(self.engine.stop)
+            except RuntimeError:
+                pass  # the portal already stopped (the loop ended on its own)
+            except BaseException:
+                self._end(*sys.exc_info())
+                raise
+            self._end(None, None, None)
+
+    def _end(self, *exc_info: Any) -> None:
+        self.closed = True
+        with _runtimes_lock:
+            _runtimes.discard(self)
+        try:
+            self._cm.__exit__(*exc_info)
+        except RuntimeError:
+            pass  # "this portal is not running": nothing left to stop
+
+    def close_in_background(self) -> None:
+        """``close`` in a thread of its own (``shutdown(wait=False)``, a dropped executor)."""
+        if not self.closed:
+            threading.Thread(
+                target=self.close, name="remote_futures-shutdown", daemon=True
+            ).start()
 
 
 class RemoteExecutor(concurrent.futures.Executor):
@@ -57,6 +149,8 @@ class RemoteExecutor(concurrent.futures.Executor):
     ``max_workers`` caps how many jobs (array tasks) run at once; default: the transport's
     (the CPU count for ``local``). ``initializer(*initargs)`` runs in each worker process before
     its first call; if it raises, the executor breaks (:class:`BrokenRemoteExecutor`).
+
+    An executor dropped while work is pending finishes that work, then releases its jobs.
     """
 
     def __init__(
@@ -74,6 +168,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         self._resources: Resources = getattr(self._transport.options, "resources", None) or (
             Resources()
         )
+        self._view = ResourceView(self, self._resources)
         self._ships_code = self._transport.ships_user_code
         self._engine = Engine(
             self._transport,
@@ -81,16 +176,12 @@ class RemoteExecutor(concurrent.futures.Executor):
             sys_path=[] if self._ships_code else list(sys.path),
         )
         self._lock = threading.Lock()
-        self._close_lock = threading.Lock()
         self._shutdown = False
-        self._closed = False
-        self._portal_cm = anyio.from_thread.start_blocking_portal(
-            "asyncio", name=f"remote_futures-{self._transport.name}"
-        )
-        self._portal = self._portal_cm.__enter__()
-        self._loop: asyncio.AbstractEventLoop = self._portal.call(asyncio.get_running_loop)
-        self._portal.start_task_soon(self._engine.run)
-        _live_executors.add(self)
+        self._runtime = _Runtime(self._engine, f"remote_futures-{self._transport.name}")
+        # Dropped without shutdown: finish the pending work in the background, then stop (the
+        # futures, not the executor, are what the caller still holds).
+        self._finalizer = weakref.finalize(self, _Runtime.close_in_background, self._runtime)
+        self._finalizer.atexit = False
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "running"
@@ -110,7 +201,7 @@ class RemoteExecutor(concurrent.futures.Executor):
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> RemoteFuture[T]:
         """Schedule ``fn(*args, **kwargs)``; return a future (also awaitable in asyncio)."""
-        return self._enqueue(fn, [[(args, kwargs)]], self._resources, coalesce=True)[0]
+        return self._view.submit(fn, *args, **kwargs)
 
     def map(
         self,
@@ -125,20 +216,23 @@ class RemoteExecutor(concurrent.futures.Executor):
         ``chunksize`` the transport chooses (``local``: 1; batch schedulers: about as many tasks
         as can run at once, since each job costs the scheduler time to launch).
         """
-        end_time = None if timeout is None else timeout + time.monotonic()
-        futures = self._map_futures(fn, iterables, chunksize, self._resources)
-        return _result_iterator(futures, end_time)
+        return self._view.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; optionally cancel pending calls; wait for the rest if ``wait``."""
         with self._lock:
             self._shutdown = True
-        if cancel_futures and not self._closed:
-            self._portal.call(self._engine.cancel_pending)
+        if cancel_futures:
+            self._runtime.cancel_pending()
         if wait:
-            self._close()
-        elif not self._closed:
-            threading.Thread(target=self._close, name="remote_futures-shutdown").start()
+            self._runtime.close()
+        else:
+            self._runtime.close_in_background()
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # Interrupted (Ctrl-C): what is queued is not wanted any more, as for a ``map`` whose
+        # consumer stopped. Otherwise, as the standard library: wait for the work.
+        self.shutdown(wait=True, cancel_futures=isinstance(exc_val, KeyboardInterrupt))
 
     # --- asyncio ------------------------------------------------------------------------------
 
@@ -148,17 +242,11 @@ class RemoteExecutor(concurrent.futures.Executor):
     async def __aexit__(self, *exc_info: object) -> None:
         await anyio.to_thread.run_sync(self.shutdown)
 
-    async def amap(
+    def amap(
         self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
     ) -> AsyncIterator[T]:
         """``map`` for asyncio: ``async for result in ex.amap(f, xs)``, results in order."""
-        futures = self._map_futures(fn, iterables, chunksize, self._resources)
-        try:
-            for future in futures:
-                yield await future
-        finally:
-            for future in futures:
-                future.cancel()
+        return self._view.amap(fn, *iterables, chunksize=chunksize)
 
     # --- other resources for some calls -------------------------------------------------------
 
@@ -182,56 +270,50 @@ class RemoteExecutor(concurrent.futures.Executor):
     ) -> list[RemoteFuture[T]]:
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
-        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
-            (args, {}) for args in zip(*iterables, strict=False)
-        ]
-        if not calls:
+        self._check_open()
+        pickler = CallPickler(fn)
+        blobs = [pickler.dumps(args, {}) for args in zip(*iterables, strict=False)]
+        if not blobs:
             return []
-        size = chunksize or self._transport.default_chunksize(len(calls))
-        tasks = [calls[i : i + size] for i in range(0, len(calls), size)]
-        return self._enqueue(fn, tasks, resources, coalesce=False)
+        size = chunksize or self._transport.default_chunksize(len(blobs))
+        return self._enqueue(
+            [blobs[i : i + size] for i in range(0, len(blobs), size)], resources, coalesce=False
+        )
+
+    def _submit_future(
+        self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any],
+        resources: Resources,
+    ) -> RemoteFuture[T]:
+        self._check_open()
+        blob = CallPickler(fn).dumps(args, kwargs)
+        futures: list[RemoteFuture[T]] = self._enqueue([[blob]], resources, coalesce=True)
+        return futures[0]
+
+    def _check_open(self) -> None:
+        # Checked before pickling (cheap failure) and again when handing over (the truth).
+        self._runtime.check_alive()
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _enqueue(
-        self,
-        fn: Callable[..., T],
-        tasks: list[list[tuple[tuple[Any, ...], dict[str, Any]]]],
-        resources: Resources,
-        *,
-        coalesce: bool,
-    ) -> list[RemoteFuture[T]]:
+        self, tasks: list[list[bytes]], resources: Resources, *, coalesce: bool
+    ) -> list[RemoteFuture[Any]]:
+        code = user_code() if self._ships_code else None
+        futures: list[RemoteFuture[Any]] = []
+        request_tasks: list[list[Call]] = []
+        for task in tasks:
+            calls: list[Call] = []
+            for blob in task:
+                future: RemoteFuture[Any] = RemoteFuture()
+                calls.append(Call(future, blob))
+                futures.append(future)
+            request_tasks.append(calls)
         with self._lock:
-            broken = self._engine.broken
-            if broken is not None:
-                raise BrokenRemoteExecutor(str(broken)) from broken.__cause__
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _interpreter_exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-            code = user_code() if self._ships_code else None
-            futures: list[RemoteFuture[T]] = []
-            request_tasks: list[list[Call]] = []
-            for task in tasks:
-                calls: list[Call] = []
-                for args, kwargs in task:
-                    future: RemoteFuture[T] = RemoteFuture()
-                    calls.append(Call(dumps_call(fn, args, kwargs), future))
-                    futures.append(future)
-                request_tasks.append(calls)
-            self._loop.call_soon_threadsafe(
-                self._engine.enqueue, Request(request_tasks, resources, coalesce, code)
-            )
+            self._check_open()
+            self._runtime.hand_over(Request(request_tasks, resources, coalesce, code))
         return futures
-
-    def _close(self) -> None:
-        with self._close_lock:
-            if self._closed:
-                return
-            try:
-                self._portal.call(self._engine.wait_idle)
-                self._portal.call(self._engine.stop)
-            finally:
-                self._closed = True
-                self._portal_cm.__exit__(None, None, None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +325,7 @@ class ResourceView:
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> RemoteFuture[T]:
         """``RemoteExecutor.submit`` with these resources."""
-        return self.executor._enqueue(fn, [[(args, kwargs)]], self.resources, coalesce=True)[0]
+        return self.executor._submit_future(fn, args, kwargs, self.resources)
 
     def map(
         self,
@@ -260,7 +342,8 @@ class ResourceView:
     def amap(
         self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
     ) -> AsyncIterator[T]:
-        """``RemoteExecutor.amap`` with these resources."""
+        """``RemoteExecutor.amap`` with these resources: the calls are handed over at once
+        (unpicklable arguments raise here), results come in order."""
         futures = self.executor._map_futures(fn, iterables, chunksize, self.resources)
         return _async_results(futures)
 
@@ -312,13 +395,19 @@ def _result_or_cancel(future: concurrent.futures.Future[T], timeout: float | Non
 
 
 def _python_exit() -> None:
-    """At interpreter exit, finish the work of executors that were not shut down, as
-    ProcessPoolExecutor does, and stop their event-loop threads so the exit is not blocked."""
+    """At interpreter exit, finish the work of executors that were not shut down (and of those
+    dropped with work pending), as ProcessPoolExecutor does, and stop their event-loop threads
+    so the exit is not blocked. After a Ctrl-C, what did not start yet is cancelled instead."""
     global _interpreter_exiting
     _interpreter_exiting = True
-    for executor in list(_live_executors):
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
+    with _runtimes_lock:
+        runtimes = list(_runtimes)
+    for runtime in runtimes:
         try:
-            executor.shutdown(wait=True)
+            if interrupted:
+                runtime.cancel_pending()
+            runtime.close()
         except Exception:
             pass  # nothing useful to do about it at exit
 

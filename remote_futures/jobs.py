@@ -78,15 +78,28 @@ class CodeBundle:
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     """Everything a transport needs to start a job. It carries bytes, never paths, so that
-    transports without a shared filesystem (Kubernetes, cloud VMs) can ship it through an API."""
+    transports without a shared filesystem (Kubernetes, cloud VMs) can ship it through an API.
+    Once the job is submitted the core replaces a handle's spec by :meth:`without_payloads`, so
+    that the payloads are not kept in memory while the job runs."""
 
     name: str
     tasks: tuple[TaskSpec, ...]
     resources: Resources = dataclasses.field(default_factory=Resources)
-    #: At most this many tasks of the job run at once (an array throttle); None: no limit.
+    #: The slots the core granted this job: at most this many of its tasks may run (or wait in
+    #: the scheduler's queue) at once, e.g. an array throttle. None: one slot per task (every task
+    #: may run at once). Smaller than the number of tasks only for transports that declare
+    #: ``supports_throttle``.
     max_concurrent: int | None = None
     #: The caller's own modules, which the worker puts first on ``sys.path`` (remote only).
     code: CodeBundle | None = None
+
+    def without_payloads(self) -> JobSpec:
+        """This spec with empty task payloads and no code bundle (what a running job needs)."""
+        return dataclasses.replace(
+            self,
+            tasks=tuple(TaskSpec(t.index, b"", t.call_indices) for t in self.tasks),
+            code=None,
+        )
 
 
 @dataclasses.dataclass(eq=False)
@@ -98,9 +111,6 @@ class JobHandle:
     #: Where the job's files live (a directory on the remote host, a pod name...).
     location: str
 
-    def task_label(self, task: int) -> str:
-        """The job id of one task as users see it in the scheduler (``123_4`` on Slurm)."""
-        return self.job_id if len(self.spec.tasks) == 1 else f"{self.job_id}[{task}]"
 
 
 @dataclasses.dataclass(frozen=True)

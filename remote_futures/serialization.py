@@ -33,6 +33,7 @@ from .errors import (
 from .jobs import CodeBundle
 
 __all__ = [
+    "CallPickler",
     "InitializerFailed",
     "decode_outcome",
     "dumps_call",
@@ -48,13 +49,51 @@ class InitializerFailed(RemoteFuturesError):
 
 def dumps_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     """Pickle one call; raise :class:`SerializationError` naming what could not be pickled."""
-    if not callable(fn):
-        raise TypeError(f"{fn!r} is not callable")
-    try:
-        return bytes(cloudpickle.dumps((fn, tuple(args), dict(kwargs))))
-    except Exception as exc:
-        what = getattr(fn, "__qualname__", repr(fn))
-        raise SerializationError(f"cannot pickle the call to {what}: {exc}") from exc
+    return CallPickler(fn).dumps(args, kwargs)
+
+
+class _PickledFunction:
+    """A function pickled once, embedded as bytes in each of its calls: unpickling a call
+    unpickles the function from those bytes (``pickle.loads``), so the worker's protocol is
+    unchanged while ``map`` pickles the function once instead of once per call."""
+
+    __slots__ = ("blob",)
+
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return pickle.loads, (self.blob,)
+
+
+class CallPickler:
+    """Pickles the calls of one function: the function once, then each call's arguments."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        self._what = getattr(fn, "__qualname__", repr(fn))
+        try:
+            self._fn = _PickledFunction(bytes(cloudpickle.dumps(fn)))
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
+        self._buffer = io.BytesIO()
+        self._pickler = cloudpickle.Pickler(self._buffer, protocol=cloudpickle.DEFAULT_PROTOCOL)
+
+    def dumps(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
+        """One call of the function, as the worker unpickles it: ``(fn, args, kwargs)``."""
+        # One pickler for all the calls (its memo cleared each time): building a cloudpickle
+        # Pickler costs more than pickling a small call. Not thread-safe, as a CallPickler
+        # serves one submit or one map.
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._pickler.clear_memo()
+        try:
+            self._pickler.dump((self._fn, tuple(args), dict(kwargs)))
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
+        return buffer.getvalue()
 
 
 def dumps_initializer(
@@ -97,15 +136,17 @@ def decode_outcome(data: bytes) -> tuple[bool, Any]:
     A user exception is returned as itself with the remote traceback as ``__cause__``;
     infrastructure problems become remote_futures errors.
     """
+    # BaseException: unpickling runs arbitrary code (a class's __setstate__ may raise
+    # SystemExit); on the event-loop thread it must fail this call only, not stop the loop.
     try:
         envelope = pickle.loads(data)
         kind = envelope["kind"]
-    except Exception as exc:
+    except BaseException as exc:
         return False, SerializationError(f"corrupt outcome file: {exc!r}")
     if kind == worker.VALUE:
         try:
             return True, cloudpickle.loads(envelope["value"])
-        except Exception as exc:
+        except BaseException as exc:
             return False, SerializationError(f"cannot unpickle the call's result locally: {exc!r}")
     if kind == worker.EXCEPTION:
         error = _load_exception(envelope)
@@ -132,7 +173,7 @@ def _load_exception(envelope: Mapping[str, Any]) -> BaseException:
             error = cloudpickle.loads(blob)
             if isinstance(error, BaseException):
                 return error
-        except Exception:
+        except BaseException:
             pass  # fall through: the class may not exist here
     return RemoteFuturesError(
         f"the remote call raised {envelope.get('type')}: {envelope.get('repr')} "

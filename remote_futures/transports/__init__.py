@@ -18,6 +18,8 @@ TRANSPORTS: dict[str, str] = {
     "pbs": "remote_futures.transports.batch:PBSTransport",
     "sge": "remote_futures.transports.batch:SGETransport",
     "kubernetes": "remote_futures.transports.kubernetes:KubernetesTransport",
+    #: In-memory, for tests (calls run in threads of this process).
+    "mock": "remote_futures.transports.mock:MockTransport",
 }
 
 #: Transports planned for a later release: named here so the error says so, not "unknown".

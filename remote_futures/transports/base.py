@@ -5,6 +5,13 @@ them; a transport only moves jobs and bytes. It never assumes a filesystem share
 client: job payloads go in as bytes (:class:`~remote_futures.jobs.JobSpec`) and outcomes come
 back as bytes, so Kubernetes Jobs or cloud VMs fit the same interface as SLURM over SSH.
 
+Admission belongs to the core: it holds the one limiter of ``max_workers`` task slots and
+submits a job only when it has granted it slots (``JobSpec.max_concurrent``). A transport never
+queues or defers a submission: :meth:`Transport.submit` means "handed to the scheduler (or
+started) now, or raise". Transports with a native throttle (an array's ``%N``, SGE's ``-tc``) set
+``supports_throttle`` and honour the grant, which may be smaller than the job; for the others the
+core only submits jobs whose every task fits the grant.
+
 Life cycle, driven by the core::
 
     async with transport:              # open(): connect, create work dirs
@@ -46,9 +53,14 @@ class Transport(abc.ABC):
     poll_interval: tuple[float, float] = (0.5, 5.0)
     #: How long the core waits after a ``submit`` for more to arrive, so that a burst of
     #: submissions becomes one array job (schedulers launch one job far faster than many).
-    coalesce_window: float = 0.05
+    coalesce_window: float = 0.02
     #: The most tasks one job may hold (a scheduler's MaxArraySize); the core splits larger maps.
     max_tasks_per_job: int = 1000
+    #: Whether the transport can run a job with fewer tasks at once than it has (an array
+    #: throttle): then the core may grant a job fewer slots than tasks (``JobSpec.max_concurrent``)
+    #: and the transport must never run more of its tasks at once. Without it, the core submits
+    #: only jobs all of whose tasks it can grant a slot, splitting larger ones.
+    supports_throttle: bool = False
 
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options
@@ -95,7 +107,24 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Start ``job``; raise ``SubmissionError`` with the scheduler's message if refused."""
+        """Start ``job`` now: hand it to the scheduler (or start its processes) before returning.
+
+        Never queue it for later: the core has already admitted it, granting it
+        ``job.max_concurrent`` slots (None: one per task). Raise
+        :class:`~remote_futures.errors.SubmissionError` with the scheduler's message if it is
+        refused, :class:`~remote_futures.errors.TransportError` if the host could not be reached;
+        either way the core fails the job's calls and takes its slots back.
+        """
+
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Let ``job`` (submitted with a smaller grant) run up to ``max_concurrent`` tasks at once.
+
+        Called by the core when slots free up while a throttled job still has more tasks than
+        its grant. Return True if the transport raised the limit, False if it cannot (the
+        default; the core then keeps the extra slots for other jobs). Only meaningful when
+        ``supports_throttle`` is set.
+        """
+        return False
 
     @abc.abstractmethod
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:

@@ -10,7 +10,6 @@ job the live status command no longer shows is looked up once in accounting (``s
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import posixpath
@@ -87,12 +86,6 @@ class _Tracking:
     final: dict[int, TaskStatus] = dataclasses.field(default_factory=dict)
     #: Tasks seen terminal (their output was forwarded).
     ended: set[int] = dataclasses.field(default_factory=set)
-    #: Tasks of this job that may run at once: its share of ``max_workers`` (0: not submitted).
-    throttle: int = 0
-    #: Tasks cancelled while the job waited here (they never reach the scheduler's queue).
-    cancelled: set[int] = dataclasses.field(default_factory=set)
-    #: Why the scheduler refused the job, when it was submitted after waiting here.
-    refused: str = ""
 
 
 class BatchTransport(RemoteTransport):
@@ -101,14 +94,13 @@ class BatchTransport(RemoteTransport):
     Options: ClassVar[type[Any]] = BatchOptions
     options: BatchOptions
     poll_interval = (0.5, 5.0)
+    #: Array jobs run with the core's grant as their throttle (``%N``, ``-tc``).
+    supports_throttle = True
     dialect: Dialect
 
     def __init__(self, options: BatchOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
         self._tracking: dict[JobHandle, _Tracking] = {}
-        #: Jobs uploaded but held here until running/pending tasks leave room under
-        #: ``max_workers``: the cap holds across jobs, as ProcessPoolExecutor's does.
-        self._waiting: collections.deque[JobHandle] = collections.deque()
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
@@ -126,36 +118,13 @@ class BatchTransport(RemoteTransport):
     # --- submit -------------------------------------------------------------------------------
 
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Upload the job; submit it now if ``max_workers`` leaves room, else when it does.
-        A refusal of a job submitted now raises :class:`SubmissionError`."""
+        """Upload the job and submit it now, with the core's grant as its array throttle. A
+        refusal raises :class:`SubmissionError`; a dropped connection ``TransportError``."""
         job_dir = await self.upload_job(job)
         handle = JobHandle(job_id="", spec=job, location=job_dir)
+        await self._sbatch(handle, job.max_concurrent or len(job.tasks))
         self._tracking[handle] = _Tracking()
-        self._waiting.append(handle)
-        await self._submit_waiting(raise_for=handle)
         return handle
-
-    def _room(self) -> int:
-        """How many more tasks may be running or pending in the scheduler."""
-        used = sum(
-            min(t.throttle, len(h.spec.tasks) - len(t.ended))
-            for h, t in self._tracking.items() if t.throttle
-        )
-        return self.max_workers - used
-
-    async def _submit_waiting(self, *, raise_for: JobHandle | None = None) -> None:
-        """Submit waiting jobs, oldest first, while there is room. A refusal fails that job's
-        tasks (the core then reports it); for ``raise_for`` it raises instead."""
-        while self._waiting and (room := self._room()) > 0:
-            handle = self._waiting.popleft()
-            tracking = self._tracking[handle]
-            tracking.throttle = min(len(handle.spec.tasks), room)
-            try:
-                await self._sbatch(handle, tracking.throttle)
-            except SubmissionError as exc:
-                if handle is raise_for:
-                    raise
-                tracking.refused = str(exc)
 
     async def _sbatch(self, handle: JobHandle, throttle: int) -> None:
         """Unpack and submit in one command, never retried: a submission that may have
@@ -188,13 +157,8 @@ class BatchTransport(RemoteTransport):
     # --- poll ---------------------------------------------------------------------------------
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """One command for all jobs: the scheduler's status, then the job directories. Jobs
-        still waiting here are submitted first if there is room now."""
-        await self._submit_waiting()
-        statuses = {h: self._held_status(h) for h in jobs if not h.job_id}
-        jobs = [h for h in jobs if h.job_id]
-        if not jobs:
-            return statuses
+        """One command for all jobs: the scheduler's status, then the job directories."""
+        statuses: dict[JobHandle, JobStatus] = {}
         ids = [handle.job_id for handle in jobs]
         status_command = shlex.join(self.dialect.status_argv(ids))
         command = (
@@ -295,36 +259,10 @@ class BatchTransport(RemoteTransport):
 
     # --- the rest -----------------------------------------------------------------------------
 
-    def _held_status(self, handle: JobHandle) -> JobStatus:
-        """A job not (successfully) submitted: pending, cancelled here, or refused."""
-        tracking = self._tracking[handle]
-        tasks: dict[int, TaskStatus] = {}
-        for task in range(len(handle.spec.tasks)):
-            if tracking.refused:
-                tasks[task] = TaskStatus(TaskState.FAILED, f"refused: {tracking.refused}")
-            elif task in tracking.cancelled:
-                tasks[task] = TaskStatus(TaskState.CANCELLED, "cancelled before submission")
-            else:
-                tasks[task] = TaskStatus(TaskState.PENDING, "waiting for max_workers room")
-        return JobStatus(tasks)
-
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
-        """Cancel the job or some of its array tasks: with the scheduler's own command, or,
-        for a job still waiting here, before it ever reaches the scheduler."""
-        tracking = self._tracking.get(job)
+        """Cancel the job or some of its array tasks with the scheduler's own command."""
         if not job.job_id:
-            if tracking is None:
-                return
-            wanted = set(range(len(job.spec.tasks))) if tasks is None else set(tasks)
-            tracking.cancelled |= wanted
-            if tracking.cancelled >= set(range(len(job.spec.tasks))):
-                if job in self._waiting:
-                    self._waiting.remove(job)
-                tracking.ended |= tracking.cancelled
-                return
-            # Part of a waiting job: its tasks skip these (the worker checks for the marker).
-            await self.shell.run(self._cancel_markers(job, wanted))
-            return
+            return  # never submitted
         command = shlex.join(self.dialect.cancel_argv(job.job_id, tasks))
         if tasks is not None:
             # Not every scheduler can cancel one queued array task (the Torque wrappers
@@ -354,9 +292,7 @@ class BatchTransport(RemoteTransport):
         still hold (cancelled calls whose cancel is in flight) are cancelled first: nothing
         is wanted from them, and without their directory they would fail or linger."""
         tracking = self._tracking.pop(job, None)
-        if job in self._waiting:
-            self._waiting.remove(job)
-        elif job.job_id and (tracking is None or len(tracking.ended) < len(job.spec.tasks)):
+        if job.job_id and (tracking is None or len(tracking.ended) < len(job.spec.tasks)):
             await self.cancel(job)
         await super().release(job)
 

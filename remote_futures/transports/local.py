@@ -4,10 +4,12 @@ It speaks the same job-directory protocol a remote host does (payload files in a
 directory, the worker executed as a file, outcomes written atomically), so it is both what
 ``RemoteExecutor()`` runs with no configuration and the test double of every other transport.
 
-Each job gets up to ``max_workers`` worker processes in total across all jobs ("slots"). A
-process runs the job's array tasks one after another, fed their indices on stdin, and reports
-progress on a private pipe; a process that dies takes only its current task with it: the rest
-of the job continues in a fresh process.
+A job runs in as many worker processes ("lanes") as the core granted it slots
+(``JobSpec.max_concurrent``: the core owns ``max_workers`` across all jobs). A process runs the
+job's array tasks one after another, fed their indices on stdin, and reports progress on a
+private pipe; a process that dies takes only its current task with it: the rest of the job
+continues in a fresh process. ``poll`` reports what changed since the previous poll, so a poll
+cycle costs what happened, not the size of the job.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ __all__ = ["LocalOptions", "LocalTransport"]
 _STDERR_TAIL_BYTES = 16384
 #: Tasks sent ahead to a worker process, so that it never waits for the next one.
 _PIPELINE = 2
+_MAX_PIPELINE = 16
+#: Input files up to this size are written on the event loop; larger ones in a thread.
+_INLINE_WRITE = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,13 +62,25 @@ class _LocalJob:
     handle: JobHandle
     queue: collections.deque[int]
     states: dict[int, TaskStatus]
-    ready: set[int] = dataclasses.field(default_factory=set)
+    #: Outcomes written since the last poll.
+    ready: list[int] = dataclasses.field(default_factory=list)
+    #: Tasks whose state changed since the last poll.
+    dirty: set[int] = dataclasses.field(default_factory=set)
+    lanes: int = 0
     tails: dict[int, str] = dataclasses.field(default_factory=dict)
     #: task index -> the process running it, for cancellation.
     running: dict[int, anyio.abc.Process] = dataclasses.field(default_factory=dict)
     cancelled: set[int] = dataclasses.field(default_factory=set)
     #: Tasks a worker reported starting (``running`` also holds tasks only sent ahead).
     started: set[int] = dataclasses.field(default_factory=set)
+    #: Payloads not written yet: a task's input file is written just before a worker gets it
+    #: (and removed when it ends), so a large queued job costs its bytes in memory, not a
+    #: page of the memory-backed filesystem per task.
+    payloads: dict[int, bytes] = dataclasses.field(default_factory=dict)
+
+    def set_state(self, index: int, status: TaskStatus) -> None:
+        self.states[index] = status
+        self.dirty.add(index)
 
 
 class LocalTransport(Transport):
@@ -74,6 +91,8 @@ class LocalTransport(Transport):
     poll_interval = (0.5, 0.5)  # progress arrives by events; polling is only a safety net
     coalesce_window = 0.01  # a new job costs a process start (~0.1-0.2 s)
     max_tasks_per_job = 1_000_000
+    #: A job runs in as many worker processes as it was granted slots.
+    supports_throttle = True
 
     def __init__(self, options: LocalOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
@@ -81,8 +100,11 @@ class LocalTransport(Transport):
         self._owns_root = False
         self._jobs: dict[JobHandle, _LocalJob] = {}
         self._changed = anyio.Event()
-        self._slots = anyio.CapacityLimiter(max_workers)
         self._count = 0
+        #: Input files of ended tasks, to remove.
+        self._spent: list[str] = []
+        #: Job directories created and not removed yet (removed at close at the latest).
+        self._dirs: set[str] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
 
     @property
@@ -110,50 +132,85 @@ class LocalTransport(Transport):
         await self._task_group.__aenter__()
 
     async def close(self) -> None:
-        """Kill every worker process still running and remove the temporary directory."""
+        """Kill every worker process still running and remove the temporary directory (or,
+        in a ``work_dir`` of the user's, the directories of the jobs not released yet: the
+        executor was stopped under them, by a Ctrl-C say)."""
         for job in self._jobs.values():
             job.queue.clear()
             for process in job.running.values():
                 _kill(process)
-        if self._task_group is not None:
-            self._task_group.cancel_scope.cancel()
-            await self._task_group.__aexit__(None, None, None)
+        try:
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                await self._task_group.__aexit__(None, None, None)
+        finally:
             self._task_group = None
-        if self._owns_root and not self.options.keep_job_dirs:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(shutil.rmtree, self._root, True)
+            # Even when cancelled: close() often runs because the executor is being stopped
+            # (a Ctrl-C), and what it must do then is exactly this. Shielded, and bounded.
+            if not self.options.keep_job_dirs:
+                leftovers = [self._root] if self._owns_root else sorted(self._dirs)
+                self._jobs.clear()
+                self._dirs.clear()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                    for directory in leftovers:
+                        await anyio.to_thread.run_sync(shutil.rmtree, directory, True)
 
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Write the job directory and start worker processes as slots free up."""
+        """Write the job directory and start one worker process per granted slot."""
         assert self._task_group is not None, "transport not open"
         self._count += 1
         job_dir = os.path.join(self._root, job.name)
-        await anyio.to_thread.run_sync(_write_job_dir, job_dir, job)
+        self._dirs.add(job_dir)  # before it exists: a submission cut short leaves none behind
+        await anyio.to_thread.run_sync(os.makedirs, job_dir, 0o700)
         handle = JobHandle(job_id=f"local-{self._count}", spec=job, location=job_dir)
         state = _LocalJob(
             handle,
             queue=collections.deque(task.index for task in job.tasks),
             states={task.index: TaskStatus(TaskState.PENDING) for task in job.tasks},
+            payloads={task.index: task.payload for task in job.tasks},
         )
         self._jobs[handle] = state
-        lanes = min(len(job.tasks), self.max_workers, job.max_concurrent or len(job.tasks))
-        for _ in range(lanes):
-            self._task_group.start_soon(self._lane, state)
+        self._add_lanes(state, job.max_concurrent or len(job.tasks))
         return handle
 
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Start more worker processes for the job (up to ``max_concurrent`` in all)."""
+        state = self._jobs.get(job)
+        if state is None:
+            return False
+        self._add_lanes(state, max_concurrent)
+        return True
+
+    def _add_lanes(self, state: _LocalJob, wanted: int) -> None:
+        assert self._task_group is not None, "transport not open"
+        while state.lanes < min(wanted, len(state.states)):
+            state.lanes += 1
+            self._task_group.start_soon(self._lane, state)
+
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """The in-memory view kept up to date by the worker processes' progress reports."""
-        return {
-            handle: JobStatus(dict(state.states), frozenset(state.ready))
-            for handle in jobs
-            if (state := self._jobs.get(handle)) is not None
-        }
+        """What changed since the previous poll (kept up to date by the worker processes'
+        progress reports): the tasks whose state changed, the outcomes newly written."""
+        statuses = {}
+        for handle in jobs:
+            state = self._jobs.get(handle)
+            if state is None:
+                continue
+            statuses[handle] = JobStatus(
+                {index: state.states[index] for index in state.dirty}, frozenset(state.ready)
+            )
+            state.dirty = set()
+            state.ready = []
+        return statuses
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]
     ) -> dict[JobHandle, dict[int, bytes]]:
         """Read the outcome files from the job directories."""
+        spent, self._spent = self._spent, []
+
         def read() -> dict[JobHandle, dict[int, bytes]]:
+            for path in spent:
+                _unlink(path)
             found: dict[JobHandle, dict[int, bytes]] = {}
             for handle, calls in wanted.items():
                 found[handle] = {}
@@ -163,7 +220,9 @@ class LocalTransport(Transport):
                         with open(path, "rb") as f:
                             found[handle][call] = f.read()
                     except FileNotFoundError:
-                        pass
+                        continue
+                    if not self.options.keep_job_dirs:
+                        os.unlink(path)  # read once: free its page now, not at release
             return found
 
         return await anyio.to_thread.run_sync(read)
@@ -173,14 +232,25 @@ class LocalTransport(Transport):
         state = self._jobs.get(job)
         if state is None:
             return
-        targets = set(state.states) if tasks is None else set(tasks)
+        queued: set[int] = set()
+        if tasks is None:
+            # The whole job: the queue goes in one step (a job may hold 100k queued tasks).
+            for index in state.queue:
+                state.cancelled.add(index)
+                state.set_state(index, TaskStatus(TaskState.CANCELLED))
+            state.queue.clear()
+            targets = set(state.running)
+        else:
+            targets = set(tasks)
+            queued = targets & set(state.queue)
+            if queued:
+                state.queue = collections.deque(i for i in state.queue if i not in queued)
         for index in targets:
             if state.states[index].state.terminal:
                 continue
             state.cancelled.add(index)
-            if index in state.queue:
-                state.queue.remove(index)
-                state.states[index] = TaskStatus(TaskState.CANCELLED)
+            if index in queued:
+                state.set_state(index, TaskStatus(TaskState.CANCELLED))
             elif index in state.started:
                 _kill(state.running[index])
             elif index in state.running:
@@ -202,7 +272,10 @@ class LocalTransport(Transport):
         if state is not None:
             state.queue.clear()  # lanes still waiting for a slot must not start on it
         if not self.options.keep_job_dirs:
-            await anyio.to_thread.run_sync(shutil.rmtree, job.location, True)
+            # Shielded: a directory half removed when a shutdown cancels us stays behind.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, job.location, True)
+            self._dirs.discard(job.location)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return as soon as a worker reports progress, or after ``timeout``."""
@@ -216,10 +289,12 @@ class LocalTransport(Transport):
         self._changed.set()
 
     async def _lane(self, job: _LocalJob) -> None:
-        """Hold one slot and run the job's queued tasks in worker processes until none are left."""
-        async with self._slots:
+        """Run the job's queued tasks in worker processes, one at a time, until none are left."""
+        try:
             while job.queue:
                 await self._run_process(job)
+        finally:
+            job.lanes -= 1
 
     async def _run_process(self, job: _LocalJob) -> None:
         read_fd, write_fd = os.pipe()
@@ -234,7 +309,7 @@ class LocalTransport(Transport):
             os.close(read_fd)
             os.close(write_fd)
             for index in list(job.queue):
-                job.states[index] = TaskStatus(TaskState.FAILED, f"could not start: {exc}")
+                job.set_state(index, TaskStatus(TaskState.FAILED, f"could not start: {exc}"))
                 job.tails[index] = f"cannot start {self.options.python}: {exc}"
             job.queue.clear()
             self._signal()
@@ -269,9 +344,20 @@ class LocalTransport(Transport):
                 status = TaskStatus(TaskState.FAILED, signal=-code)
             else:
                 status = TaskStatus(TaskState.FAILED, exit_code=code)
-            job.states[current] = status
+            job.set_state(current, status)
             job.tails[current] = tail.decode(errors="replace")
             self._signal()
+
+    async def _write_input(self, job: _LocalJob, index: int) -> None:
+        """Write the task's input file, if it was not written yet."""
+        data = job.payloads.pop(index, None)
+        if data is None:
+            return
+        path = os.path.join(job.handle.location, worker.INPUT_NAME.format(index))
+        if len(data) > _INLINE_WRITE:
+            await anyio.to_thread.run_sync(_write, path, data)
+        else:
+            _write(path, data)  # a page of memory: cheaper than a trip to a thread
 
     async def _feed(
         self, job: _LocalJob, process: anyio.abc.Process, reader: asyncio.StreamReader
@@ -284,12 +370,22 @@ class LocalTransport(Transport):
         current: int | None = None
         try:
             while job.queue or sent:
-                while job.queue and len(sent) < _PIPELINE:
+                # Deeper while much is queued (one write feeds several tasks, and the worker
+                # never waits), shallow near the end (a task sent ahead waits behind a long one).
+                depth = max(_PIPELINE, min(_MAX_PIPELINE, len(job.queue) // (4 * job.lanes)))
+                batch = []
+                # Ahead only what other lanes cannot start now: a task sent ahead waits here.
+                while job.queue and len(sent) < depth and (
+                    not sent or len(job.queue) >= job.lanes
+                ):
                     index = job.queue.popleft()
                     sent.append(index)
                     job.running[index] = process
+                    await self._write_input(job, index)
+                    batch.append(f"{index}\n")
+                if batch:
                     try:
-                        await process.stdin.send(f"{index}\n".encode())
+                        await process.stdin.send("".join(batch).encode())
                     except (anyio.BrokenResourceError, OSError):
                         return current
                 line = await reader.readline()
@@ -299,23 +395,28 @@ class LocalTransport(Transport):
                 if kind == "S":
                     current = int(rest)
                     job.started.add(current)
-                    job.states[current] = TaskStatus(TaskState.RUNNING)
+                    job.set_state(current, TaskStatus(TaskState.RUNNING))
                 elif kind == "C":
-                    job.ready.add(int(rest))
+                    job.ready.append(int(rest))
                 elif kind == "T":
                     index_text, _, code_text = rest.partition(" ")
                     index, code = int(index_text), int(code_text or 0)
                     job.running.pop(index, None)
+                    if not self.options.keep_job_dirs:
+                        # Removed in the next fetch's thread, not here on the loop.
+                        self._spent.append(
+                            os.path.join(job.handle.location, worker.INPUT_NAME.format(index))
+                        )
                     if index in sent:
                         sent.remove(index)
                     current = None
                     if index in job.cancelled:
-                        job.states[index] = TaskStatus(TaskState.CANCELLED)
+                        job.set_state(index, TaskStatus(TaskState.CANCELLED))
                     else:
-                        job.states[index] = TaskStatus(
+                        job.set_state(index, TaskStatus(
                             TaskState.COMPLETED if code == 0 else TaskState.FAILED,
                             exit_code=code,
-                        )
+                        ))
                     if code:
                         self._signal()
                         return None  # the worker exits after a task it could not run
@@ -330,11 +431,16 @@ class LocalTransport(Transport):
                         job.queue.appendleft(index)
 
 
-def _write_job_dir(job_dir: str, job: JobSpec) -> None:
-    os.makedirs(job_dir, mode=0o700)
-    for task in job.tasks:
-        with open(os.path.join(job_dir, worker.INPUT_NAME.format(task.index)), "wb") as f:
-            f.write(task.payload)
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _touch(path: str) -> None:

@@ -1,21 +1,21 @@
 """A plain remote host with no scheduler: each array task runs as a detached process.
 
 Tasks start in their own session (``setsid``), so they survive a dropped SSH connection and a
-cancellation kills the whole process group. At most ``max_workers`` run at once; the rest wait
-on the client and start as slots free. Each poll is one command: ``ps`` for the launched pids,
-then the listing of outcome and exit files.
+cancellation kills the whole process group. ``submit`` starts every task of the job at once: the
+core only submits what fits under ``max_workers`` (this transport has no throttle of its own), so
+nothing ever waits here. Each poll is one command: ``ps`` for the pids, then the listing of
+outcome and exit files.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import shlex
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from .. import worker
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, SubmissionError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from .remote import RemoteOptions, RemoteTransport, exit_status
 
@@ -36,7 +36,6 @@ class SSHHostOptions(RemoteOptions):
 @dataclasses.dataclass(eq=False)
 class _HostJob:
     handle: JobHandle
-    waiting: collections.deque[int]
     pids: dict[int, int] = dataclasses.field(default_factory=dict)
     cancelled: set[int] = dataclasses.field(default_factory=set)
     ended: set[int] = dataclasses.field(default_factory=set)
@@ -61,32 +60,22 @@ class SSHHostTransport(RemoteTransport):
         return 4
 
     async def submit(self, job: JobSpec) -> JobHandle:
-        """Upload and unpack the job, then start as many tasks as slots allow."""
+        """Upload and unpack the job, then start all its tasks, in one command each. Raises
+        :class:`SubmissionError` if a task could not be started (those that did are killed),
+        :class:`~remote_futures.errors.TransportError` if the connection dropped."""
         job_dir = await self.upload_job(job)
         (await self.shell.run(self.unpack_command(job_dir))).check(f"unpacking {job.name}")
         handle = JobHandle(job_id=f"{job.name}", spec=job, location=job_dir)
-        self._jobs[handle] = _HostJob(handle, collections.deque(t.index for t in job.tasks))
-        await self._launch()
+        state = _HostJob(handle)
+        state.pids = await self._launch(handle)
+        self._jobs[handle] = state
         return handle
 
-    def _running(self) -> int:
-        return sum(
-            1 for job in self._jobs.values() for task in job.pids if task not in job.ended
-        )
-
-    async def _launch(self) -> None:
-        """Start waiting tasks in free slots, all in one command."""
-        free = self.max_workers - self._running()
-        starts: list[tuple[_HostJob, int]] = []
-        for job in self._jobs.values():
-            while free > 0 and job.waiting:
-                starts.append((job, job.waiting.popleft()))
-                free -= 1
-        if not starts:
-            return
+    async def _launch(self, handle: JobHandle) -> dict[int, int]:
+        """Start every task of the job, all in one command; their pids by task."""
         lines = []
-        for number, (job, task) in enumerate(starts):
-            directory = job.handle.location
+        directory = handle.location
+        for task in range(len(handle.spec.tasks)):
             out = worker.STDOUT_NAME.format(task)
             err = worker.STDERR_NAME.format(task)
             done = worker.EXIT_NAME.format(task)
@@ -99,22 +88,30 @@ class SSHHostTransport(RemoteTransport):
             # fork when its caller leads no process group), whose group cancel() kills.
             lines.append(
                 f"(cd {shlex.quote(directory)} && exec setsid sh -c {shlex.quote(body)}) "
-                f"</dev/null >/dev/null 2>&1 & echo {number} $!"
+                f"</dev/null >/dev/null 2>&1 & echo {task} $!"
             )
+        # Never retried: a launch that may have happened must not happen twice.
         result = await self.shell.run("; ".join(lines), retry=False)
         started = dict(
             (int(a), int(b)) for a, b in (line.split() for line in result.stdout.splitlines()
-                                          if len(line.split()) == 2)
+                                          if len(line.split()) == 2 and line.split()[0].isdigit()
+                                          and line.split()[1].isdigit())
         )
-        for number, (job, task) in enumerate(starts):
-            if number in started:
-                job.pids[task] = started[number]
-            else:
-                job.waiting.appendleft(task)  # not started: try again next cycle
+        missing = [task for task in range(len(handle.spec.tasks)) if task not in started]
+        if missing or not result.ok:
+            if started:
+                groups = " ".join(f"-{pid}" for pid in started.values())
+                await self.shell.run(f"kill -KILL -- {groups} 2>/dev/null; true")
+            said = (result.stderr.strip() or result.stdout.strip())[-2000:]
+            raise SubmissionError(
+                f"could not start {len(missing) or 'all'} task(s) of {handle.spec.name} on "
+                f"{self.shell.label}: {said or 'no pid reported'}",
+                command="setsid sh -c <worker>", stderr=result.stderr,
+            )
+        return started
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
-        """``ps`` for the launched tasks and the listing of the job directories, in one go."""
-        await self._launch()
+        """``ps`` for the tasks' processes and the listing of the job directories, in one go."""
         pids = sorted({pid for h in jobs if h in self._jobs for pid in self._jobs[h].pids.values()})
         ps = f"ps -o pid= -p {','.join(map(str, pids))} 2>/dev/null; " if pids else ""
         command = f"{ps}echo {_MARK}; {self.listing_command([h.location for h in jobs])}"
@@ -153,7 +150,7 @@ class SSHHostTransport(RemoteTransport):
         return statuses
 
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
-        """Drop waiting tasks; kill the process groups of running ones."""
+        """Kill the process groups of the tasks."""
         state = self._jobs.get(job)
         if state is None:
             return
@@ -161,9 +158,7 @@ class SSHHostTransport(RemoteTransport):
         groups = []
         for task in targets - state.ended:
             state.cancelled.add(task)
-            if task in state.waiting:
-                state.waiting.remove(task)
-            elif task in state.pids:
+            if task in state.pids:
                 groups.append(f"-{state.pids[task]}")
         if groups:
             await self.shell.run(f"kill -KILL -- {' '.join(groups)} 2>/dev/null; true")

@@ -1,0 +1,131 @@
+"""Turning requests into jobs: pure functions, no I/O and no event loop.
+
+* :func:`plan_jobs` groups the requests that arrived together: single ``submit`` calls with the
+  same resources and code become one array job (schedulers launch one job far faster than
+  many); a ``map`` becomes its own job; anything larger than the transport's array limit is
+  split.
+* :func:`take_tasks` carves off the first tasks of a planned job, for transports that can only
+  start jobs all of whose tasks fit the slots the core can grant (no array throttle).
+* :func:`encode_job` numbers a job's calls and encodes each task's payload, dropping the
+  calls' own pickled bytes as it goes (they now live in the payload only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .jobs import CodeBundle, JobSpec, TaskSpec
+from .ledger import Call, Job, Task
+from .resources import Resources
+from .serialization import encode_task
+
+__all__ = ["Request", "drop_cancelled", "encode_job", "plan_jobs", "take_tasks"]
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """Work handed over by the facade: tasks of calls, with the resources they need.
+
+    ``coalesce`` marks a single ``submit``: such requests that arrive together (the same
+    resources) are merged into one array job.
+    """
+
+    tasks: list[list[Call]]
+    resources: Resources
+    coalesce: bool = False
+    #: The caller's own modules at the time of the request (remote transports).
+    code: CodeBundle | None = None
+
+
+def plan_jobs(requests: Iterable[Request], max_tasks_per_job: int) -> list[Job]:
+    """Group ``requests`` into jobs, dropping calls already cancelled (they never go out)."""
+    # In order of arrival (admission is first come, first served); a group of coalesced
+    # submits takes the place of its first one.
+    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None]] = []
+    singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
+    for request in requests:
+        if request.coalesce:
+            key = (request.resources, request.code)
+            if key not in singles:
+                singles[key] = []
+                planned.append((singles[key], request.resources, request.code))
+            singles[key].extend(request.tasks)
+        else:
+            planned.append((request.tasks, request.resources, request.code))
+    limit = max(1, max_tasks_per_job)
+    jobs: list[Job] = []
+    for task_calls, resources, code in planned:
+        tasks = [Task(-1, live) for calls in task_calls if (live := _live(calls))]
+        for start in range(0, len(tasks), limit):
+            jobs.append(Job(tasks[start : start + limit], resources, code))
+    return jobs
+
+
+def take_tasks(job: Job, count: int) -> Job:
+    """The first ``count`` tasks of ``job`` as a job of their own; ``job`` keeps the rest."""
+    if count >= len(job.tasks):
+        return job
+    head = Job(job.tasks[:count], job.resources, job.code)
+    del job.tasks[:count]
+    return head
+
+
+def drop_cancelled(job: Job) -> None:
+    """Remove calls cancelled while the job waited for admission, and tasks left empty."""
+    tasks = []
+    for task in job.tasks:
+        task.calls = _live(task.calls)
+        if task.calls:
+            tasks.append(task)
+    job.tasks = tasks
+
+
+def encode_job(
+    job: Job,
+    *,
+    max_concurrent: int | None,
+    initializer: bytes | None,
+    sys_path: Sequence[str],
+) -> JobSpec:
+    """Number the job's calls and tasks, and build the spec a transport submits."""
+    counter = 0
+    specs = []
+    code = job.code
+    for position, task in enumerate(job.tasks):
+        task.index = position
+        entries: list[tuple[int, bytes]] = []
+        for call in task.calls:
+            call.index, call.job, call.task = counter, job, task
+            job.by_index[counter] = call
+            assert call.blob is not None
+            entries.append((counter, call.blob))
+            call.blob = None
+            counter += 1
+        payload = encode_task(
+            entries,
+            initializer=initializer,
+            sys_path=sys_path,
+            code=code.name if code is not None else None,
+        )
+        specs.append(TaskSpec(position, payload, tuple(index for index, _ in entries)))
+    job.unsettled = counter
+    job.unended = len(specs)
+    job.code = None
+    return JobSpec(
+        name=f"rf-{uuid.uuid4().hex[:12]}",
+        tasks=tuple(specs),
+        resources=job.resources,
+        max_concurrent=max_concurrent,
+        code=code,
+    )
+
+
+def _live(calls: list[Call]) -> list[Call]:
+    return [call for call in calls if call.unsettled and not _cancelled(call.future)]
+
+
+def _cancelled(future: Any) -> bool:
+    return future is None or bool(future.cancelled())
