@@ -15,6 +15,12 @@ user prints can forge a block. What the user writes to stderr is kept apart from
 prefixing its lines with ``==RF:<nonce>:ERR==`` (a pod has one log for both). A short JSON
 receipt (the number of calls and the sha256 of all blocks' data in order) goes to the
 termination message, where it survives log rotation: the client checks the blocks against it.
+
+With a bucket, ``task-<n>.json`` beside the payload holds presigned URLs: a GET for the task's
+input when it was too large for the Secret, and a PUT per call. An outcome over what the log
+carries safely is PUT there (``Content-Type: application/octet-stream``; some stores keep an
+empty object otherwise) and its block holds ``("url", size, sha256)`` instead; the receipt then
+says channel "url" with those checksums.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 
 #: Lines of base64 in the framed block.
 LINE = 76
@@ -36,6 +44,8 @@ LINE = 76
 #: default and serve only the newest file, so a bigger block could be lost.
 MAX_LOG_OUTCOME = 4 * 1024 * 1024
 TERMINATION_LOG = "/dev/termination-log"
+#: Marks a complete installed environment difference.
+ENV_MARKER = ".rf-complete"
 
 
 def frame(nonce: str, data: bytes) -> str:
@@ -44,6 +54,114 @@ def frame(nonce: str, data: bytes) -> str:
     lines = [text[i : i + LINE] for i in range(0, len(text), LINE)]
     head = f"==RF:{nonce}:BEGIN n={len(data)} sha256={hashlib.sha256(data).hexdigest()}=="
     return "\n".join([head, *lines, f"==RF:{nonce}:END=="]) + "\n"
+
+
+def _transfer(url: str, *, data: bytes | None = None) -> bytes:
+    """GET ``url`` (``data`` None) or PUT ``data`` to it, retried on transient errors."""
+    for attempt in range(5):
+        request = urllib.request.Request(url, data=data, method="GET" if data is None else "PUT")
+        if data is not None:
+            request.add_header("Content-Type", "application/octet-stream")
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                body: bytes = response.read()
+                return body
+        except OSError as exc:
+            code = getattr(exc, "code", None)
+            if attempt == 4 or (code is not None and code < 500 and code != 429):
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _download(spec: dict[str, object], what: str) -> bytes:
+    """Download ``what`` from its presigned URL and check its size and sha256."""
+    data = _transfer(str(spec["url"]))
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != spec["bytes"] or digest != spec["sha256"]:
+        raise SystemExit(
+            f"remote_futures: {what} from the bucket is corrupt ({len(data)} bytes, "
+            f"sha256 {digest[:12]}...; expected {spec['bytes']} bytes, sha256 "
+            f"{str(spec['sha256'])[:12]}...)"
+        )
+    return data
+
+
+def _fetch_input(spec: dict[str, object], target: str) -> None:
+    """Download the task's input from its presigned URL and check it."""
+    data = _download(spec, "the task's input")
+    with open(target, "wb") as f:
+        f.write(data)
+
+
+def _find_uv(scratch: str) -> list[str]:
+    """A uv to install with: the image's, the one its Python has as a module, or one pip
+    installs into scratch space; else a clear error (an offline cluster without uv)."""
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    probe = subprocess.run([sys.executable, "-c", "import uv"], capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "uv"]
+    tool = os.path.join(scratch, "uv-tool")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "--target", tool, "uv"], capture_output=True, text=True)
+    if done.returncode == 0:
+        binary = os.path.join(tool, "bin", "uv")
+        if os.access(binary, os.X_OK):
+            return [binary]
+    raise SystemExit(
+        "remote_futures: the image has no uv and pip could not install it "
+        f"({(done.stderr or done.stdout).strip()[-500:]}); the pods must install what the "
+        "image lacks: add uv to the image (or allow pip to reach an index), or run with "
+        "env='off' and an image that has everything"
+    )
+
+
+def _prepare_environment(payload_dir: str) -> str | None:
+    """Install what the image lacks (``env.json``, written by the client) with uv into a
+    directory that goes ahead of the image's packages on the path; return it (None: nothing
+    to install). With a cache volume the directory lives there under its content hash: a
+    complete one (it has the marker) is used as it is, so later pods skip the install."""
+    spec_path = os.path.join(payload_dir, "env.json")
+    if not os.path.exists(spec_path):
+        return None
+    with open(spec_path) as f:
+        spec = json.load(f)
+    root = os.path.join(os.environ.get("RF_ENV_CACHE") or tempfile.gettempdir(), "rf-envs")
+    target = os.path.join(root, spec["key"])
+    if os.path.exists(os.path.join(target, ENV_MARKER)):
+        return target
+    os.makedirs(root, exist_ok=True)
+    # A private directory, renamed into place when complete: pods installing the same
+    # difference at once never see each other's half-done work.
+    work = tempfile.mkdtemp(prefix=f".{spec['key']}-", dir=root)
+    scratch = tempfile.mkdtemp(prefix="rf-uv-")
+    requirements = os.path.join(scratch, "requirements.txt")
+    with open(requirements, "w") as f:
+        f.write("\n".join(spec["requirements"]) + "\n")
+    argv = [*_find_uv(scratch), "pip", "install", "--target", work, "--python", sys.executable,
+            *spec["uv_options"], "-r", requirements]
+    if spec.get("offline"):
+        argv.append("--offline")
+    env = dict(os.environ, UV_PYTHON_DOWNLOADS="never", NO_COLOR="1",
+               UV_CACHE_DIR=os.path.join(os.path.dirname(root), "rf-uv-cache"))
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if done.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise SystemExit(
+            "remote_futures: installing what the image lacks failed "
+            f"({' '.join(spec['requirements'])[:300]}):\n{(done.stderr or done.stdout)[-1500:]}"
+        )
+    with open(os.path.join(work, ENV_MARKER), "w") as f:
+        f.write(json.dumps({"requirements": spec["requirements"], "time": time.time()}))
+    try:
+        os.rename(work, target)
+    except OSError:
+        shutil.rmtree(work, ignore_errors=True)  # another pod finished the same one first
+    return target
 
 
 def _receipt(path: str, receipt: dict[str, object]) -> None:
@@ -115,17 +233,32 @@ def main() -> int:
     import worker  # shipped beside this file
 
     del sys.path[0]
+    site = _prepare_environment(payload_dir)
     job_dir = tempfile.mkdtemp(prefix="rf-task-")
-    shutil.copyfile(
-        os.path.join(payload_dir, f"task-{task}.in"),
-        os.path.join(job_dir, worker.INPUT_NAME.format(task)),
-    )
+    manifest: dict[str, dict[str, object]] = {}
+    manifest_path = os.path.join(payload_dir, f"task-{task}.json")
+    if os.path.exists(manifest_path):
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if "manifest" in manifest:  # too many calls for the Secret: it is in the bucket
+            manifest = json.loads(_download(manifest["manifest"], "the task's manifest"))
+    input_path = os.path.join(job_dir, worker.INPUT_NAME.format(task))
+    if "input" in manifest:
+        _fetch_input(manifest["input"], input_path)
+    else:
+        shutil.copyfile(os.path.join(payload_dir, f"task-{task}.in"), input_path)
+    result_urls = manifest.get("results", {})
+    spilled: dict[str, str] = {}
     log = _Log(1)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     note_r, note_w = os.pipe()
     env = dict(os.environ, RF_PAYLOAD_DIR=payload_dir, RF_JOB_DIR=job_dir,
                RF_CHILD_TASK=str(task), RF_NOTIFY_FD=str(note_w))
+    if site is not None:
+        # Ahead of the image's site-packages: a newer version installed there wins.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (site, os.environ.get("PYTHONPATH", "")) if p)
     child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--child"], stdin=subprocess.DEVNULL,
         stdout=out_w, stderr=err_w, pass_fds=(note_w,), env=env,
@@ -145,14 +278,28 @@ def main() -> int:
                 index = int(value)
                 with open(os.path.join(job_dir, worker.OUTCOME_NAME.format(index)), "rb") as f:
                     outcome = f.read()
-                if len(outcome) > MAX_LOG_OUTCOME:
-                    outcome = pickle.dumps(worker._error(
+                entry: object = outcome
+                url = result_urls.get(str(index))
+                if len(outcome) > MAX_LOG_OUTCOME and url is not None:
+                    sha = hashlib.sha256(outcome).hexdigest()
+                    try:
+                        _transfer(str(url), data=outcome)
+                        entry = ("url", len(outcome), sha)
+                        spilled[str(index)] = sha
+                    except OSError as exc:
+                        entry = pickle.dumps(worker._error(
+                            worker.PICKLE_RESULT,
+                            f"the call's result ({len(outcome) / 2**20:.1f} MiB) could not be "
+                            f"uploaded to the bucket: {exc}"), protocol=worker.ENVELOPE_PROTOCOL)
+                elif len(outcome) > MAX_LOG_OUTCOME:
+                    entry = pickle.dumps(worker._error(
                         worker.PICKLE_RESULT,
                         f"the call's result is {len(outcome) / 2**20:.1f} MiB pickled, over "
                         f"the {MAX_LOG_OUTCOME // 2**20} MiB a pod log can carry safely; "
                         "return less (write large data to shared storage and return its "
-                        "location)"), protocol=worker.ENVELOPE_PROTOCOL)
-                data = pickle.dumps({index: outcome}, protocol=worker.ENVELOPE_PROTOCOL)
+                        "location, or give the executor a bucket)"),
+                        protocol=worker.ENVELOPE_PROTOCOL)
+                data = pickle.dumps({index: entry}, protocol=worker.ENVELOPE_PROTOCOL)
                 digest.update(data)
                 calls += 1
                 log.write(("\n" + frame(nonce, data)).encode("ascii"))
@@ -171,9 +318,13 @@ def main() -> int:
         thread.join(10)
     if code < 0:
         code = 128 - code
-    _receipt(termination, {
-        "ok": code == 0, "channel": "log", "calls": calls, "sha256": digest.hexdigest(),
-    })
+    receipt: dict[str, object] = {
+        "ok": code == 0, "channel": "url" if spilled else "log", "calls": calls,
+        "sha256": digest.hexdigest(),
+    }
+    if spilled and len(json.dumps({**receipt, "url": spilled})) <= 4000:
+        receipt["url"] = spilled  # call -> sha256 of its object (the blocks carry them too)
+    _receipt(termination, receipt)
     shutil.rmtree(job_dir, ignore_errors=True)
     return code
 

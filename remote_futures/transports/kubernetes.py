@@ -42,11 +42,23 @@ from typing import Any, ClassVar, TypeVar
 import anyio
 
 from .. import k8s_entry, worker
-from ..errors import ConfigurationError, SubmissionError, TransportError
+from ..errors import (
+    ConfigurationError,
+    RemoteEnvironmentError,
+    SubmissionError,
+    TransportError,
+)
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from ..resources import Resources
 from .base import Transport
-from .kubernetes_channels import MAX_SECRET_BYTES, FrameError, parse_log, parse_receipt
+from .kubernetes_bucket import Bucket, parse_bucket
+from .kubernetes_channels import (
+    MAX_SECRET_BYTES,
+    FrameError,
+    parse_log,
+    parse_receipt,
+    secret_size,
+)
 from .kubernetes_status import job_failure, pod_status
 
 __all__ = [
@@ -68,6 +80,8 @@ COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 TASK_LABEL = "remote-futures.io/task"
 HEARTBEAT_ANNOTATION = "remote-futures.io/heartbeat"
 PAYLOAD_DIR = "/rf/payload"
+#: Where the cache volume is mounted in pods.
+CACHE_DIR = "/rf/cache"
 CONTAINER = "task"
 
 #: Seconds between session heartbeats; sweep() treats a session silent for much longer as dead.
@@ -112,10 +126,19 @@ class KubernetesOptions:
     context: str | None = None
     #: The interpreter in the image.
     python: str = "python3"
-    #: ``"sync"`` (default): check the image's Python major.minor before the first submission
-    #: and ship cloudpickle with the payload when the image lacks it; ``"off"``: run
-    #: ``python`` as it is.
-    env: str = "sync"
+    #: ``"sync"`` (default): probe the image once (cached per image: its Python and what
+    #: ``pip list`` reports), refuse a different Python major.minor before anything is
+    #: submitted, and have each pod install what the local environment has and the image
+    #: lacks (with uv, into a directory layered over the image's packages); an
+    #: :class:`~remote_futures.envsync.EnvSpec` says the same with excludes, extra
+    #: requirements and index options (``find_links`` are URLs the pods can reach).
+    #: ``"off"``: run ``python`` as it is.
+    env: Any = "sync"
+    #: A volume where pods keep installed environments by content hash, so the next pod
+    #: with the same difference skips the install: a PersistentVolumeClaim name, or a
+    #: Kubernetes volume source such as ``{"hostPath": {"path": "/var/cache/rf",
+    #: "type": "DirectoryOrCreate"}}``. Default: none (each pod installs into scratch space).
+    cache_volume: str | dict[str, Any] | None = None
     resources: Resources = dataclasses.field(default_factory=Resources)
     service_account: str | None = None
     node_selector: dict[str, str] | None = None
@@ -123,9 +146,17 @@ class KubernetesOptions:
     image_pull_secrets: list[str] | None = None
     #: A dict merged (recursively) into every pod spec, for what the options above lack.
     pod_overrides: dict[str, Any] | None = None
-    #: s3://bucket/prefix for payloads and results above the API's object limit. Not
-    #: supported yet: larger work is refused with a clear error.
+    #: ``s3://name/prefix`` for payloads over a Secret's limit (about 900 KiB) and results
+    #: over what a pod log carries safely (4 MiB): pods get presigned URLs, the client keeps
+    #: the credentials (aioboto3, the ``[aws]`` extra). Without it such work is refused.
     bucket: str | None = None
+    #: The S3 endpoint (an S3-compatible store such as MinIO); default: AWS's.
+    bucket_endpoint_url: str | None = None
+    #: The bucket's region; default: the AWS profile's or environment's.
+    bucket_region: str | None = None
+    #: The AWS profile whose credentials sign the URLs; default: the usual AWS environment
+    #: (``AWS_ACCESS_KEY_ID``..., ``AWS_PROFILE``, instance roles).
+    bucket_profile: str | None = None
     #: Seconds a pod may sit unable to start (image pull errors, a missing Secret, no node
     #: fits) before its task fails, with Kubernetes' own message.
     start_grace: float = 120.0
@@ -142,15 +173,31 @@ class KubernetesOptions:
             raise ConfigurationError(
                 f"option 'namespace': {self.namespace!r} is not a valid namespace name"
             )
-        if self.env not in ("sync", "off"):
+        from ..envsync import EnvSpec
+
+        if not isinstance(self.env, EnvSpec) and self.env not in ("sync", "off"):
             raise ConfigurationError(
-                f"option 'env' of the kubernetes transport must be 'sync' or 'off', "
-                f"got {self.env!r}"
+                f"option 'env' of the kubernetes transport must be 'sync', 'off' or an "
+                f"EnvSpec, got {self.env!r}"
+            )
+        if isinstance(self.cache_volume, str):
+            if not _DNS1123.match(self.cache_volume):
+                raise ConfigurationError(
+                    f"option 'cache_volume': {self.cache_volume!r} is not a valid claim name"
+                )
+        elif self.cache_volume is not None and (
+            not isinstance(self.cache_volume, dict) or len(self.cache_volume) != 1
+        ):
+            raise ConfigurationError(
+                "option 'cache_volume' must be a PersistentVolumeClaim name or one volume "
+                f"source such as {{'hostPath': {{'path': ...}}}}, got {self.cache_volume!r}"
             )
         if self.bucket is not None:
+            parse_bucket(self.bucket)
+        elif self.bucket_endpoint_url or self.bucket_region or self.bucket_profile:
             raise ConfigurationError(
-                "option 'bucket' (object-store spill of large payloads and results) is not "
-                "supported by this version of the kubernetes transport"
+                "options 'bucket_endpoint_url', 'bucket_region' and 'bucket_profile' need "
+                "option 'bucket'"
             )
 
     @staticmethod
@@ -178,6 +225,10 @@ class _K8sJob:
     outcomes: dict[int, bytes] = dataclasses.field(default_factory=dict)
     #: Task -> the log (or its tail) of the pod that ended it, for error messages.
     logs: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: Object keys in the bucket: every one this job may have (inputs and results), and the
+    #: result key of each call.
+    keys: list[str] = dataclasses.field(default_factory=list)
+    result_keys: dict[int, str] = dataclasses.field(default_factory=dict)
     #: One Indexed Job for all tasks (pods told apart by their completion index).
     indexed: bool = False
 
@@ -249,6 +300,7 @@ class KubernetesTransport(Transport):
         self._server_version: tuple[int, int] = (0, 0)
         self._extra_files: dict[str, bytes] = {}
         self._extra_path = ""
+        self._bucket: Bucket | None = None
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
@@ -277,11 +329,19 @@ class KubernetesTransport(Transport):
         self._core = k8s.client.CoreV1Api(self._client)
         self._batch = k8s.client.BatchV1Api(self._client)
         try:
+            if self.options.bucket is not None:
+                bucket = Bucket(self.options.bucket,
+                                endpoint_url=self.options.bucket_endpoint_url,
+                                region=self.options.bucket_region,
+                                profile=self.options.bucket_profile)
+                await bucket.open()
+                self._bucket = bucket
             await self._check_access()
             self.supports_throttle = self._server_version >= self.INDEXED_SINCE
             await self._heartbeat()
         except BaseException:
             await self._client.close()
+            await self._close_bucket()
             raise
         loop = asyncio.get_running_loop()
         self._watch_tasks = [
@@ -360,6 +420,7 @@ class KubernetesTransport(Transport):
                 pass
         self._watch_tasks = []
         if self._client is None:
+            await self._close_bucket()
             return
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(30):
@@ -370,6 +431,20 @@ class KubernetesTransport(Transport):
         finally:
             await self._client.close()
             self._client = None
+            await self._close_bucket()
+
+    async def _close_bucket(self) -> None:
+        bucket, self._bucket = self._bucket, None
+        if bucket is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+                await bucket.delete_prefix(bucket.key(self.session, ""))
+        except Exception as exc:
+            log.warning("kubernetes: deleting the bucket objects of session %s failed: %r",
+                        self.session, exc)
+        finally:
+            await bucket.close()
 
     # --- API helpers ------------------------------------------------------------------------
 
@@ -395,10 +470,8 @@ class KubernetesTransport(Transport):
             return
         probe = await self._probe()
         wanted = tuple(sys.version_info[:2])
-        remote = tuple(probe.get("python", ()))
+        remote = tuple(probe.get("version", ())[:2])
         if remote != wanted:
-            from ..errors import RemoteEnvironmentError
-
             raise RemoteEnvironmentError(
                 f"the image {self.options.image!r} runs Python "
                 f"{'.'.join(map(str, remote)) or '?'} ({self.options.python}) but this client "
@@ -406,9 +479,12 @@ class KubernetesTransport(Transport):
                 f"image with Python {wanted[0]}.{wanted[1]} (e.g. python:{wanted[0]}."
                 f"{wanted[1]}-slim) or point 'python' at one"
             )
-        if not probe.get("cloudpickle"):
+        if "cloudpickle" not in probe.get("packages", {}):
             self._extra_files["cloudpickle.zip"] = _cloudpickle_zip()
             self._extra_path = "cloudpickle.zip"
+        install = _environment_difference(self.options.env, probe, self.options.image)
+        if install is not None:
+            self._extra_files["env.json"] = json.dumps(install).encode()
 
     async def _probe(self) -> dict[str, Any]:
         """The image's Python version and whether it has cloudpickle, cached per image."""
@@ -418,13 +494,15 @@ class KubernetesTransport(Transport):
             return cached
         except (OSError, ValueError):
             pass
-        script = (
-            "import json, sys, importlib.util as u; print('RFPROBE' + json.dumps({'python': "
-            "list(sys.version_info[:2]), 'cloudpickle': u.find_spec('cloudpickle') is not None}))"
-        )
+        from ..envsync import _probe as probe_script
+
+        config = {"uv_candidates": ["uv", "-m uv"], "min_uv": "0.4",
+                  "want": "{}.{}".format(*sys.version_info[:2])}
+        script = Path(probe_script.__file__).read_text()
         name = f"rf-probe-{self.session}"
         body = self._job_body(name, {"app.kubernetes.io/component": "probe"},
-                              [self.options.python, "-c", script], env=[], volumes=False,
+                              [self.options.python, "-c", script, json.dumps(config)],
+                              env=[], volumes=False,
                               resources=Resources())
         await self._raw(self._batch.create_namespaced_job, self.options.namespace, body)
         try:
@@ -437,8 +515,9 @@ class KubernetesTransport(Transport):
                     if status.state is TaskState.COMPLETED:
                         text = await self._pod_log(pod["metadata"]["name"])
                         for line in text.splitlines():
-                            if line.startswith("RFPROBE"):
-                                result: dict[str, Any] = json.loads(line[7:])
+                            if line.startswith(probe_script.MARK):
+                                result: dict[str, Any] = json.loads(
+                                    line[len(probe_script.MARK):])
                                 _write_cache(cache, result)
                                 return result
                         raise TransportError(f"the image probe printed no result: {text[-500:]}")
@@ -488,6 +567,13 @@ class KubernetesTransport(Transport):
                 {"name": "payload", "mountPath": PAYLOAD_DIR, "readOnly": True}
             ]
             pod["volumes"] = [{"name": "payload", "secret": {"secretName": secret}}]
+            cache = opts.cache_volume
+            if cache is not None and "env.json" in self._extra_files:
+                source = ({"persistentVolumeClaim": {"claimName": cache}}
+                          if isinstance(cache, str) else dict(cache))
+                pod["volumes"].append({"name": "rf-cache", **source})
+                container["volumeMounts"].append({"name": "rf-cache", "mountPath": CACHE_DIR})
+                env.append({"name": "RF_ENV_CACHE", "value": CACHE_DIR})
         if opts.service_account:
             pod["serviceAccountName"] = opts.service_account
         if opts.node_selector:
@@ -517,16 +603,78 @@ class KubernetesTransport(Transport):
         data = dict(self._extra_files)
         if job.code is not None:
             data["code.zip"] = job.code.data
-        for task in job.tasks:
-            data[f"task-{task.index}.in"] = task.payload
-        size = sum(len(k) + len(v) for k, v in data.items())
+        inputs = {f"task-{task.index}.in": task.payload for task in job.tasks}
+        bucket = self._bucket
+        manifests: dict[int, dict[str, Any]] = {task.index: {} for task in job.tasks}
+        result_keys: dict[int, str] = {}
+        if bucket is not None:
+            # Any call may return more than a pod log carries: a PUT URL for each (signed
+            # locally, no round trip), used by the pod only for an outcome over the limit.
+            for task in job.tasks:
+                urls: dict[str, str] = {}
+                for call in task.call_indices:
+                    result_keys[call] = bucket.key(self.session, job.name, f"out-{call}")
+                    urls[str(call)] = await bucket.presign_put(result_keys[call])
+                manifests[task.index]["results"] = urls
+
+        def manifest_files() -> dict[str, bytes]:
+            return {f"task-{i}.json": json.dumps(m).encode() for i, m in manifests.items() if m}
+
+        size = secret_size({**data, **inputs, **manifest_files()})
+        keys = list(result_keys.values())
         # Secret data travels base64-encoded: 4/3 of the raw size in the request body.
-        if size > MAX_SECRET_BYTES:
+        if size > MAX_SECRET_BYTES and bucket is None:
             raise SubmissionError(
                 f"job {job.name}: its payload is {size / 1024:.0f} KiB, over the "
                 f"{MAX_SECRET_BYTES // 1024} KiB that fit in a Kubernetes Secret (the API's "
                 "object limit is 1 MiB); pass smaller arguments (or fewer calls per task: "
-                "chunksize)"
+                "chunksize), or give the executor a bucket='s3://name/prefix' for large work"
+            )
+        if size > MAX_SECRET_BYTES:
+            assert bucket is not None
+            in_keys = {task.index: bucket.key(self.session, job.name, f"task-{task.index}.in")
+                       for task in job.tasks}
+            keys += in_keys.values()
+            try:
+                async with anyio.create_task_group() as tg:
+                    for task in job.tasks:
+                        tg.start_soon(bucket.put, in_keys[task.index], task.payload)
+                for task in job.tasks:
+                    manifests[task.index]["input"] = {
+                        "url": await bucket.presign_get(in_keys[task.index]),
+                        "bytes": len(task.payload),
+                        "sha256": hashlib.sha256(task.payload).hexdigest(),
+                    }
+            except Exception as exc:
+                await self._delete_keys(keys)
+                raise TransportError(f"job {job.name}: uploading its payload to the "
+                                     f"bucket failed: {exc}") from exc
+        else:
+            data.update(inputs)
+        manifests_here = manifest_files()
+        if bucket is not None and secret_size({**data, **manifests_here}) > MAX_SECRET_BYTES:
+            # Many calls: their result URLs go to the bucket too, a GET URL each task.
+            try:
+                for filename, blob in list(manifests_here.items()):
+                    key = bucket.key(self.session, job.name, filename)
+                    keys.append(key)
+                    await bucket.put(key, blob)
+                    manifests_here[filename] = json.dumps({"manifest": {
+                        "url": await bucket.presign_get(key), "bytes": len(blob),
+                        "sha256": hashlib.sha256(blob).hexdigest(),
+                    }}).encode()
+            except Exception as exc:
+                await self._delete_keys(keys)
+                raise TransportError(f"job {job.name}: uploading its result URLs to the "
+                                     f"bucket failed: {exc}") from exc
+        data.update(manifests_here)
+        size = secret_size(data)
+        if size > MAX_SECRET_BYTES:
+            await self._delete_keys(keys)
+            raise SubmissionError(
+                f"job {job.name}: even with its inputs in the bucket, its Secret is "
+                f"{size / 1024:.0f} KiB (the code, the worker and a URL per task), over the "
+                f"{MAX_SECRET_BYTES // 1024} KiB a Secret holds; ship less code"
             )
         extra_path = [p for p in (self._extra_path, "code.zip" if job.code else "") if p]
         items = [{"key": key, "path": key} for key in data]
@@ -543,7 +691,7 @@ class KubernetesTransport(Transport):
         await self._created(self._core.create_namespaced_secret, ns, secret, what="Secret")
         indexed = self.supports_throttle and len(job.tasks) > 1
         state = _K8sJob(JobHandle(job.name, job, location=job.name), names={}, nonces={},
-                        indexed=indexed)
+                        indexed=indexed, keys=keys, result_keys=result_keys)
         self._jobs[job.name] = state
         deadline = job.resources.walltime_seconds()
         uids: dict[str, str] = {}
@@ -593,6 +741,7 @@ class KubernetesTransport(Transport):
             with anyio.CancelScope(shield=True):
                 await self._delete_jobs(state)
                 await self._ignore_missing(self._core.delete_namespaced_secret, secret_name, ns)
+                await self._delete_keys(keys)
             self._forget(state)
             raise
         owners = [
@@ -843,24 +992,70 @@ class KubernetesTransport(Transport):
         receipt = parse_receipt(_termination_message(pod))
         if status.state is not TaskState.COMPLETED:
             receipt = None  # a crash leaves no receipt; the blocks before it still count
+        spilled: dict[int, tuple[int, str]] = {}
         try:
-            outcomes, printed, errors = parse_log(text, state.nonces[index], receipt)
+            outcomes, printed, errors = parse_log(text, state.nonces[index], receipt, spilled)
         except FrameError as exc:
             outcomes, printed, errors = {}, text, ""
             if status.state is TaskState.COMPLETED:
                 status = TaskStatus(TaskState.FAILED, f"Succeeded, but {exc}", exit_code=0)
+        if spilled:
+            try:
+                outcomes.update(await self._fetch_spilled(state, spilled))
+            except TransportError as exc:
+                status = TaskStatus(TaskState.FAILED, f"{status.raw_state}, but a result in "
+                                    f"the bucket is unusable: {exc}", exit_code=status.exit_code)
         self._keep(state, index, outcomes)
         self._forward(printed, errors)
         if status.state is not TaskState.COMPLETED:
             state.logs[index] = (errors + printed) if errors else printed
         state.final[index] = status
 
+    async def _fetch_spilled(
+        self, state: _K8sJob, spilled: Mapping[int, tuple[int, str]]
+    ) -> dict[int, bytes]:
+        """The outcomes the pod put in the bucket, each checked against the size and sha256 of
+        its (checksummed) log entry, then deleted from the bucket."""
+        bucket = self._bucket
+        if bucket is None:
+            raise TransportError("the pod put results in a bucket but the executor has none")
+        fetched: dict[int, bytes] = {}
+        errors: list[str] = []
+
+        async def one(call: int, size: int, sha256: str) -> None:
+            key = state.result_keys.get(call)
+            try:
+                if key is None:
+                    raise TransportError(f"call {call} has no result URL of this job")
+                fetched[call] = await bucket.fetch(key, size, sha256)
+            except TransportError as exc:
+                errors.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            for call, (size, sha256) in spilled.items():
+                tg.start_soon(one, call, size, sha256)
+        await self._delete_keys([state.result_keys[call] for call in fetched])
+        if errors:
+            raise TransportError("; ".join(errors))
+        return fetched
+
+    async def _delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete bucket objects, best effort (close deletes the session's prefix anyway)."""
+        if self._bucket is None or not keys:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._bucket.delete(list(keys))
+        except Exception as exc:
+            log.warning("kubernetes: deleting %d bucket objects failed: %r", len(keys), exc)
+
     async def _read_progress(self, state: _K8sJob, index: int, pod: dict[str, Any]) -> None:
         """The outcomes a running pod of a task of several calls has already written, so that
         they are handed out before the task ends (as result files are on batch schedulers)."""
         try:
             text = await self._pod_log(pod["metadata"]["name"])
-            outcomes = parse_log(text, state.nonces[index])[0]
+            # Results in the bucket are fetched once, when the task ends.
+            outcomes = parse_log(text, state.nonces[index], None, {})[0]
         except Exception as exc:
             log.debug("kubernetes: reading the progress of %s: %r", pod["metadata"]["name"],
                       exc)
@@ -974,6 +1169,7 @@ class KubernetesTransport(Transport):
             return
         self._forget(state)
         await self._delete_jobs(state)
+        await self._delete_keys(state.keys)
 
 
 # --- module-level helpers shared with sweep() -----------------------------------------------
@@ -1086,7 +1282,61 @@ def _probe_cache_path(image: str, python: str) -> Path:
     from platformdirs import user_cache_dir
 
     key = hashlib.sha256(f"{image}\0{python}".encode()).hexdigest()[:16]
-    return Path(user_cache_dir("remote_futures")) / "k8s-probe" / f"{key}.json"
+    # v2: the full interpreter description (packages, markers, uv), not just the version.
+    return Path(user_cache_dir("remote_futures")) / "k8s-probe-v2" / f"{key}.json"
+
+
+def _environment_difference(
+    env: Any, probe: Mapping[str, Any], image: str
+) -> dict[str, Any] | None:
+    """What pods must install over the image (None: nothing), from the local environment and
+    the image's probe, with the envsync planning used for SSH hosts. The image's packages
+    stay: the difference goes into a directory ahead of them on the path, keyed by a hash of
+    what it holds (and the image), so a cache volume can keep it for the next pod."""
+    from ..envsync import EnvSpec
+    from ..envsync.plan import plan_install, wanted_set
+    from ..envsync.snapshot import local_distributions
+
+    spec = env if isinstance(env, EnvSpec) else EnvSpec(mode="sync")
+    if spec.mode == "off":
+        return None
+    import importlib.metadata
+
+    local = local_distributions()
+    wanted = wanted_set(spec, local, cloudpickle_version=importlib.metadata.version("cloudpickle"))
+    requires = {item.name: local[item.name].requires() for item in wanted.items
+                if item.name in local}
+    # The image is what the difference is installed over: the same version there is the same
+    # distribution, whatever its source here (a checkout baked into the image, say).
+    plan = plan_install(wanted, markers=probe.get("markers") or {},
+                        remote_packages=probe.get("packages") or {}, requires=requires,
+                        remote_is_target=True)
+    for name, why in plan.skipped:
+        log.info("kubernetes: %s is not installed in the pods: %s", name, why)
+    packages = plan.packages
+    if not packages:
+        return None
+    local_only = [item.name for item in packages
+                  if item.source.kind == "ship"
+                  or item.requirement.split(" @ ", 1)[-1].startswith("file:")]
+    if local_only:
+        raise RemoteEnvironmentError(
+            f"the image {image!r} lacks {', '.join(sorted(local_only))}, installed here from "
+            "local files that pods cannot reach: add them to the image, publish them to an "
+            "index the pods can reach, or leave them out (EnvSpec(exclude=[...]))"
+        )
+    lines = [item.requirement for item in plan.install]  # index option lines included
+    options = spec.uv_options()
+    material = json.dumps({"image": image, "lines": sorted(lines), "uv": options,
+                           "python": probe.get("executable")}, sort_keys=True)
+    log.info("kubernetes: pods install %d distributions missing from the image: %s",
+             len(lines), ", ".join(item.name for item in packages))
+    return {
+        "key": hashlib.sha256(material.encode()).hexdigest()[:16],
+        "requirements": lines,
+        "uv_options": options,
+        "offline": spec.offline,
+    }
 
 
 def _write_cache(path: Path, value: Mapping[str, Any]) -> None:

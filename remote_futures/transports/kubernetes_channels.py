@@ -49,7 +49,8 @@ def parse_receipt(message: str | None) -> dict[str, object] | None:
 
 
 def parse_log(
-    log: str, nonce: str, receipt: Mapping[str, object] | None = None
+    log: str, nonce: str, receipt: Mapping[str, object] | None = None,
+    spilled: dict[int, tuple[int, str]] | None = None,
 ) -> tuple[dict[int, bytes], str, str]:
     """Split a pod log into the outcome envelopes of its blocks, what the user printed to
     stdout and what it wrote to stderr.
@@ -59,6 +60,10 @@ def parse_log(
     finished), the blocks must be exactly the ones it counts (sha256 of their data in order).
     A log may hold no block (a pod that crashed before its first call ended). Raises
     FrameError on a corrupt, truncated or forged block.
+
+    A call whose outcome the pod uploaded to the bucket (too large for the log) has a
+    ``("url", size, sha256)`` entry in its block instead: it goes to ``spilled`` (call ->
+    (size, sha256)), for the caller to fetch and check; without ``spilled`` it is a FrameError.
     """
     begin = f"==RF:{nonce}:BEGIN "
     end_marker = f"==RF:{nonce}:END=="
@@ -106,7 +111,13 @@ def parse_log(
             raise FrameError(f"a result block does not unpickle: {exc!r}") from None
         if not isinstance(table, dict):
             raise FrameError("a result block holds no outcome table")
-        outcomes.update({int(k): bytes(v) for k, v in table.items()})
+        for key, value in table.items():
+            if isinstance(value, tuple) and len(value) == 3 and value[0] == "url":
+                if spilled is None:
+                    raise FrameError(f"call {key}'s result went to a bucket this client lacks")
+                spilled[int(key)] = (int(value[1]), str(value[2]))
+            else:
+                outcomes[int(key)] = bytes(value)
         digest.update(data)
         blocks += 1
         # The pod writes a newline before each block so that it starts on a line of its own.

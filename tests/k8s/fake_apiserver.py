@@ -305,6 +305,12 @@ class FakeCluster:
         binds: list[str] = []
         mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
         for vol in pod["spec"].get("volumes") or []:
+            if "hostPath" in vol:  # the node's directory, read-write
+                host = Path(vol["hostPath"]["path"])
+                if vol["hostPath"].get("type") == "DirectoryOrCreate":
+                    host.mkdir(parents=True, exist_ok=True)
+                binds += ["--bind", str(host), mounts[vol["name"]]]
+                continue
             secret = self.objects.get(("secrets", ns, vol["secret"]["secretName"]))
             if secret is None:
                 await self._set_pod(ns, name, {"containerStatuses": [{**base, "state": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -14,8 +15,10 @@ from remote_futures.transports.kubernetes import _import_client
 @pytest.mark.parametrize(("option", "value", "words"), [
     ("image", "Not An/Image Name", "not a valid image name"),
     ("namespace", "Bad_Namespace", "not a valid namespace"),
-    ("env", "sometimes", "'sync' or 'off'"),
-    ("bucket", "s3://bucket/prefix", "not supported"),
+    ("env", "sometimes", "'sync', 'off' or an EnvSpec"),
+    ("bucket", "gs://bucket/prefix", "s3://name"),
+    ("bucket", "s3:///prefix", "names no bucket"),
+    ("bucket_endpoint_url", "http://127.0.0.1:9", "need option 'bucket'"),
 ])
 def test_bad_option_is_refused_at_construction(option: str, value: str, words: str) -> None:
     with pytest.raises(ConfigurationError, match=words):
@@ -36,3 +39,11 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "kubernetes_asyncio", None)
     with pytest.raises(ConfigurationError, match=r"remote_futures\[k8s\]"):
         _import_client()
+
+
+def test_bucket_without_aioboto3_names_the_aws_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote_futures.transports.kubernetes_bucket import Bucket
+
+    monkeypatch.setitem(sys.modules, "aioboto3", None)
+    with pytest.raises(ConfigurationError, match=r"remote_futures\[aws\]"):
+        asyncio.run(Bucket("s3://name/prefix").open())

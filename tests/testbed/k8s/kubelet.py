@@ -267,6 +267,17 @@ class Kubelet:
                     path.write_bytes(data.get(item["key"], b""))
             elif "emptyDir" in volume:
                 pass
+            elif "hostPath" in volume:
+                # The node's directory itself, read-write (as a real hostPath volume is).
+                host = Path(volume["hostPath"]["path"])
+                kind = volume["hostPath"].get("type", "")
+                if kind == "DirectoryOrCreate":
+                    host.mkdir(parents=True, exist_ok=True)
+                if not host.is_dir():
+                    return f'MountVolume.SetUp failed for volume "{name}" : hostPath ' \
+                           f'type check failed: {host} is not a directory'
+                binds.append((host, mounts[name]))
+                continue
             else:
                 return f"volume {name}: type not supported by the testbed kubelet"
             binds.append((target, mounts[name]))
