@@ -94,19 +94,26 @@ def _fetch_input(spec: dict[str, object], target: str) -> None:
         f.write(data)
 
 
-def _find_uv(scratch: str) -> list[str]:
-    """A uv to install with: the image's, the one its Python has as a module, or one pip
-    installs into scratch space; else a clear error (an offline cluster without uv)."""
+def _find_uv(scratch: str, shipped: dict[str, object] | None) -> list[str]:
+    """A uv to install with: the image's, the one its Python has as a module, the client's
+    (uploaded to the bucket), or one pip installs into scratch space; else a clear error."""
     found = shutil.which("uv")
     if found:
         return [found]
     probe = subprocess.run([sys.executable, "-c", "import uv"], capture_output=True)
     if probe.returncode == 0:
         return [sys.executable, "-m", "uv"]
+    if shipped:
+        binary = os.path.join(scratch, "uv")
+        with open(binary, "wb") as f:
+            f.write(_download(shipped, "uv"))
+        os.chmod(binary, 0o755)
+        return [binary]
     tool = os.path.join(scratch, "uv-tool")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "--target", tool, "uv"], capture_output=True, text=True)
+         "--retries", "1", "--timeout", "15", "--target", tool, "uv"],
+        capture_output=True, text=True)
     if done.returncode == 0:
         binary = os.path.join(tool, "bin", "uv")
         if os.access(binary, os.X_OK):
@@ -114,8 +121,9 @@ def _find_uv(scratch: str) -> list[str]:
     raise SystemExit(
         "remote_futures: the image has no uv and pip could not install it "
         f"({(done.stderr or done.stdout).strip()[-500:]}); the pods must install what the "
-        "image lacks: add uv to the image (or allow pip to reach an index), or run with "
-        "env='off' and an image that has everything"
+        "image lacks: add uv to the image, let pip reach an index, give the executor a "
+        "bucket (the client's uv is shipped through it), or use env='off' with an image "
+        "that has everything"
     )
 
 
@@ -141,8 +149,8 @@ def _prepare_environment(payload_dir: str) -> str | None:
     requirements = os.path.join(scratch, "requirements.txt")
     with open(requirements, "w") as f:
         f.write("\n".join(spec["requirements"]) + "\n")
-    argv = [*_find_uv(scratch), "pip", "install", "--target", work, "--python", sys.executable,
-            *spec["uv_options"], "-r", requirements]
+    argv = [*_find_uv(scratch, spec.get("uv")), "pip", "install", "--target", work,
+            "--python", sys.executable, *spec["uv_options"], "-r", requirements]
     if spec.get("offline"):
         argv.append("--offline")
     env = dict(os.environ, UV_PYTHON_DOWNLOADS="never", NO_COLOR="1",

@@ -484,7 +484,27 @@ class KubernetesTransport(Transport):
             self._extra_path = "cloudpickle.zip"
         install = _environment_difference(self.options.env, probe, self.options.image)
         if install is not None:
+            if not probe.get("uv") and self._bucket is not None:
+                install["uv"] = await self._ship_uv(probe)
             self._extra_files["env.json"] = json.dumps(install).encode()
+
+    async def _ship_uv(self, probe: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The image has no uv: upload this machine's uv binary (when it can run there) to the
+        bucket, for pods to download with a presigned GET; None when it cannot run there
+        (the pods then try ``pip install uv``)."""
+        import platform
+
+        from ..envsync import ship
+
+        binary = ship.local_uv_executable()
+        if (binary is None or sys.platform != "linux" or probe.get("system") != "Linux"
+                or probe.get("machine") != platform.machine() or self._bucket is None):
+            return None
+        data = await anyio.Path(binary).read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        key = self._bucket.key(self.session, f"uv-{sha256[:16]}")
+        await self._bucket.put(key, data)
+        return {"url": await self._bucket.presign_get(key), "bytes": len(data), "sha256": sha256}
 
     async def _probe(self) -> dict[str, Any]:
         """The image's Python version and whether it has cloudpickle, cached per image."""

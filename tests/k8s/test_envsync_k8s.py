@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import shutil
+import subprocess
 import sys
 import threading
 import zipfile
@@ -153,3 +155,74 @@ def test_image_with_a_different_python_is_refused_before_submission(
                                                                         match="runs Python"):
         ex.submit(len, b"").result(timeout=60)
     assert fake.cluster.count("POST", r"/secrets$") == 0
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's: no uv (module or command), no cloudpickle
+
+
+def _wheelhouse_with_cloudpickle(index: Index, root: Path) -> None:
+    """Add a wheel of the cloudpickle installed here to the served directory."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "envsync" / "envsync_wheelhouse.py"
+    spec = importlib.util.spec_from_file_location("envsync_wheelhouse_k8s", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.rewheel_installed("cloudpickle", root / "wheels")
+
+
+def _no_uv_scenario(make: Callable[..., RemoteExecutor], index: Index, root: Path,
+                    bucket: dict[str, Any]) -> None:
+    import importlib.metadata
+
+    probe = subprocess.run([SYSTEM_PYTHON, "-c", "import uv"], capture_output=True)
+    if probe.returncode == 0 or shutil.which("uv", path="/usr/local/bin:/usr/bin:/bin"):
+        pytest.skip(f"{SYSTEM_PYTHON} has uv here; the no-uv image cannot be staged")
+    _wheelhouse_with_cloudpickle(index, root)
+    # The image's Python on a cluster whose pip reaches no index (this machine's may).
+    offline = root / "python3"
+    offline.write_text(f"#!/bin/sh\nexport PIP_NO_INDEX=1 PIP_CONFIG_FILE=/dev/null\n"
+                       f"exec {SYSTEM_PYTHON} \"$@\"\n")
+    offline.chmod(0o755)
+    env = EnvSpec(mode="explicit", requirements=(NAME,), find_links=(index.url,), no_index=True)
+    # Without a bucket: pip cannot fetch uv, a clear error.
+    with make(env=env, python=str(offline)) as ex, pytest.raises(
+            JobFailedError, match="the image has no uv"):
+        ex.submit(importlib.metadata.version, NAME).result(timeout=180)
+    # With one, this machine's uv travels through it.
+    with make(env=env, python=str(offline), **bucket) as ex:
+        assert ex.submit(importlib.metadata.version, NAME).result(timeout=180) == VERSION
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    pytest.importorskip("aioboto3")
+    pytest.importorskip("moto.server")
+    from test_bucket import S3
+
+    store = S3(monkeypatch)
+    yield store
+    store.server.stop()
+
+
+def test_image_without_uv_gets_the_clients_through_the_bucket_fake_api(
+    k8s_executor: Callable[..., RemoteExecutor], fake: FakeServer, index: Index, s3: Any,
+    tmp_path: Path,
+) -> None:
+    _no_uv_scenario(partial(k8s_executor, start_grace=30.0), index, tmp_path, s3.options())
+
+
+@pytest.mark.testbed
+def test_image_without_uv_gets_the_clients_through_the_bucket_tier_b(
+    index: Index, s3: Any, tmp_path: Path
+) -> None:
+    facts = require_testbed("kubernetes")
+
+    def make(**options: Any) -> RemoteExecutor:
+        return RemoteExecutor(
+            "kubernetes", kubeconfig=str(facts.raw["RF_K8S_KUBECONFIG"]),
+            namespace=str(facts.raw["RF_K8S_NAMESPACE"]), start_grace=30.0, max_workers=2,
+            **options)
+
+    _no_uv_scenario(make, index, tmp_path, s3.options())
