@@ -91,6 +91,7 @@ CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "slurm": _remote("slurm", "slurm"),
     "pbs": _remote("pbs", "pbs"),
     "sge": _remote("sge", "sge"),
+    "kubernetes": _remote("kubernetes", "kubernetes"),
     "ec2": _ec2,
 }
 

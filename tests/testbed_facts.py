@@ -14,7 +14,9 @@ When the test bed is missing, lacks the component, or is not running, a test is
 need the test bed must never silently skip there.
 
 Components listed by the test bed: ``ssh``, ``slurm``, ``slurmdbd`` (Slurm
-accounting, so ``sacct`` works), ``sge`` and ``pbs`` (Torque wrappers over Slurm).
+accounting, so ``sacct`` works), ``sge``, ``pbs`` (Torque wrappers over Slurm) and
+``kubernetes`` (a real kube-apiserver + kube-controller-manager with the testbed kubelet;
+``RF_K8S_KUBECONFIG`` and ``RF_K8S_NAMESPACE``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -184,6 +187,14 @@ def require_testbed(component: str) -> TestbedFacts:
     if component not in facts.components:
         listed = " ".join(sorted(facts.components)) or "none"
         _unavailable(f"component {component!r} is not in the testbed (it has: {listed})")
+    if component == "kubernetes":
+        kubeconfig = facts.raw.get("RF_K8S_KUBECONFIG")
+        api_port = facts.raw.get("RF_K8S_API_PORT")
+        if not kubeconfig or not os.access(str(kubeconfig), os.R_OK):
+            _unavailable(f"cannot read the kubeconfig {kubeconfig!r} of the k8s component")
+        if not isinstance(api_port, int) or not port_open("127.0.0.1", api_port, timeout=2.0):
+            _unavailable(f"the kube-apiserver does not accept connections on port {api_port}")
+        return facts
     if not port_open(facts.host, facts.port, timeout=2.0):
         _unavailable(
             f"the testbed is not running: nothing accepts TCP connections on "
@@ -195,7 +206,8 @@ def require_testbed(component: str) -> TestbedFacts:
 
 
 #: The testbed component, and the test user, that each transport uses.
-COMPONENT_OF = {"ssh": "ssh", "slurm": "slurm", "pbs": "pbs", "sge": "sge"}
+COMPONENT_OF = {"ssh": "ssh", "slurm": "slurm", "pbs": "pbs", "sge": "sge",
+                "kubernetes": "kubernetes"}
 _USER_OF = {"ssh": "slurm_user", "slurm": "slurm_user", "pbs": "pbs_user", "sge": "sge_user"}
 _DEFAULT_REMOTE_PYTHON = "/opt/rf-remote-python/bin/python"
 
@@ -203,7 +215,21 @@ _DEFAULT_REMOTE_PYTHON = "/opt/rf-remote-python/bin/python"
 def executor_options(facts: TestbedFacts, target: str) -> dict[str, object]:
     """``RemoteExecutor`` keyword arguments that reach ``target`` on the testbed as its user,
     with the default environment (``env="sync"`` from the user's bare system python3): test
-    modules are imported on the remote side, so their own imports must be there too."""
+    modules are imported on the remote side, so their own imports must be there too.
+
+    For ``kubernetes``: the testbed's kubeconfig and namespace. The testbed's kubelet ignores
+    the image and runs pods on this machine's read-only filesystem, so the pods run this test
+    process's own interpreter (as an image built with the project's test dependencies would):
+    env="sync" on Kubernetes checks the version and ships cloudpickle, it does not install
+    the test modules' imports (pytest)."""
+    if target == "kubernetes":
+        return {
+            "kubeconfig": str(facts.raw["RF_K8S_KUBECONFIG"]),
+            "namespace": str(facts.raw["RF_K8S_NAMESPACE"]),
+            "image": "python:3.11-slim",
+            "python": sys.executable,
+            "start_grace": 20.0,
+        }
     return {
         "host": facts.host,
         "port": facts.port,

@@ -22,13 +22,14 @@ TRANSPORTS: dict[str, str] = {
     "slurm": "remote_futures.transports.batch:SlurmTransport",
     "pbs": "remote_futures.transports.batch:PBSTransport",
     "sge": "remote_futures.transports.batch:SGETransport",
+    "kubernetes": "remote_futures.transports.kubernetes:KubernetesTransport",
     "ec2": "remote_futures.transports.ec2:EC2Transport",
     #: In-memory, for tests (calls run in threads of this process).
     "mock": "remote_futures.transports.mock:MockTransport",
 }
 
 #: Transports planned for a later release: named here so the error says so, not "unknown".
-PLANNED = ("kubernetes",)
+PLANNED: tuple[str, ...] = ()
 
 
 def transport_class(name: str) -> type[Transport]:

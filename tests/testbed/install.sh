@@ -122,4 +122,12 @@ else
     log "$REMOTE_PY already has cloudpickle"
 fi
 
+# ---------------------------------------------------------------------------
+# Kubernetes (the k8s component): etcd, bubblewrap, a kube-apiserver and kube-controller-manager
+# built from Debian's source package (cached outside the repository; ~5 minutes the first time)
+# and the testbed kubelet's venv.  RF_TESTBED_NO_K8S=1 skips it.
+if [ -z "${RF_TESTBED_NO_K8S:-}" ]; then
+    bash "$(dirname "${BASH_SOURCE[0]}")/k8s/build.sh" >/dev/null
+fi
+
 log "done in $(( $(date +%s) - T0 ))s"

@@ -46,6 +46,7 @@ if rf_pid_alive "$STATE/sge/qmaster/qmaster.pid" '/usr/lib/gridengine/sge_qmaste
 fi
 
 # 2. daemons, reverse start order
+bash "$HERE/k8s/stop.sh" "$STATE"
 rf_kill_pidfile "$STATE/sge/execd.pid"           '/usr/lib/gridengine/sge_execd'   sge_execd
 rf_kill_pidfile "$STATE/sge/qmaster/qmaster.pid" '/usr/lib/gridengine/sge_qmaster' sge_qmaster
 rf_kill_pidfile "$STATE/slurm/slurmd.pid"        '/usr/sbin/slurmd*'               slurmd

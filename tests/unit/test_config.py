@@ -177,11 +177,11 @@ def test_profile_with_an_unknown_transport(write_config: Callable[[str], Path]) 
 def test_profile_with_a_planned_transport_says_not_available(
     write_config: Callable[[str], Path],
 ) -> None:
-    """A profile naming ``kubernetes`` gets the same "not available yet" story as
-    ``RemoteExecutor("kubernetes")``, not "is not a transport"."""
-    write_config('[profiles.k8s]\ntransport = "kubernetes"\n')
+    """A profile naming ``ec2`` gets the same "not available yet" story as
+    ``RemoteExecutor("ec2")``, not "is not a transport"."""
+    write_config('[profiles.cloud]\ntransport = "ec2"\n')
     with pytest.raises(ConfigurationError, match="not available"):
-        RemoteExecutor("k8s")
+        RemoteExecutor("cloud")
 
 
 def test_unknown_top_level_key_is_an_error(write_config: Callable[[str], Path]) -> None:
@@ -260,12 +260,23 @@ def test_target_must_be_a_name(bad: object) -> None:
         RemoteExecutor(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", PLANNED)
-def test_planned_transports_are_not_available_yet(name: str) -> None:
-    assert "ec2" in TRANSPORTS and "ec2" not in PLANNED  # ec2 is available now
+def test_every_transport_of_the_mission_is_available() -> None:
+    for name in ("local", "ssh", "slurm", "pbs", "sge", "kubernetes", "ec2"):
+        assert name in TRANSPORTS and name not in PLANNED
+
+
+def test_a_planned_transport_is_named_as_not_available_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No transport is planned today; stage one to keep the message honest when one is.
+    import remote_futures.config
+    import remote_futures.transports
+
+    for module in (remote_futures.config, remote_futures.transports):
+        monkeypatch.setattr(module, "PLANNED", ("gce",))
     with pytest.raises(ConfigurationError, match="not available") as info:
-        RemoteExecutor(name)
-    assert name in str(info.value)
+        RemoteExecutor("gce")
+    assert "gce" in str(info.value)
 
 
 # --- executor keywords in a profile ---------------------------------------------------------
