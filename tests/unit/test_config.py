@@ -175,11 +175,15 @@ def test_profile_with_an_unknown_transport(write_config: Callable[[str], Path]) 
 
 
 def test_profile_with_a_planned_transport_says_not_available(
-    write_config: Callable[[str], Path],
+    write_config: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A profile naming ``ec2`` gets the same "not available yet" story as
-    ``RemoteExecutor("ec2")``, not "is not a transport"."""
-    write_config('[profiles.cloud]\ntransport = "ec2"\n')
+    """A profile naming a planned transport gets the same "not available yet" story as
+    ``RemoteExecutor(name)``, not "is not a transport". No transport is planned today, so one
+    is staged."""
+    import remote_futures.config
+
+    monkeypatch.setattr(remote_futures.config, "PLANNED", ("gce",))
+    write_config('[profiles.cloud]\ntransport = "gce"\n')
     with pytest.raises(ConfigurationError, match="not available"):
         RemoteExecutor("cloud")
 
