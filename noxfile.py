@@ -58,6 +58,7 @@ def bench(session: nox.Session) -> None:
         # submitit runs on the testbed host as the SLURM user, with the testbed's Python.
         session.run("uv", "pip", "install", "--quiet", "--python",
                     "/opt/rf-remote-python/bin/python", "submitit", external=True)
-        scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py"]
+        scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py",
+                    "benchmarks/bench_bigargs.py"]
     for script in session.posargs or scripts:
         session.run("python", script)
