@@ -21,7 +21,7 @@ import posixpath
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio
 import anyio.abc
@@ -233,7 +233,8 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         head = head_size(kind)
         if head and size > head:
             message = kind + await stdout.readexactly(head - 1)
-            self.on_message(w, message, await stdout.readexactly(size - head))
+            # A bytearray serves wherever an outcome is read (``pickle.loads``).
+            self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head)))
         else:
             self.on_message(w, kind + (await stdout.readexactly(size - 1) if size > 1 else b""))
 
@@ -270,6 +271,25 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
             except Exception:
                 pass
         w.process.close()
+
+
+async def _read_into(stream: Any, size: int) -> bytearray:
+    """Read ``size`` bytes into one buffer, a slice at a time: ``readexactly`` would gather
+    every packet of a large message (thousands of small blocks, scattered over the heap,
+    which then stays resident) and join them into a second copy."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    try:
+        while done < size:
+            chunk = await stream.read(min(size - done, _SLICE_BYTES))
+            if not chunk:
+                raise EOFError("the worker's channel closed in the middle of a message")
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+    finally:
+        view.release()
+    return buffer
 
 
 def _signal_number(name: str | None) -> int | None:
