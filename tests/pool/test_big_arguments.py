@@ -14,7 +14,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
+import subprocess
 import sys
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import pytest
 from testbed_facts import executor_options, require_testbed
 
-from remote_futures import RemoteExecutor
+from remote_futures import RemoteExecutor, WorkerDiedError
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -55,6 +58,11 @@ def echo(data: bytes) -> bytes:
 
 def size_of(payload: Payload) -> int:
     return len(payload.data)
+
+
+def sleep_then_size(data: bytes, seconds: float) -> int:
+    time.sleep(seconds)
+    return len(data)
 
 
 def rss() -> int:
@@ -119,3 +127,33 @@ def test_a_finished_calls_argument_is_freed_without_a_collection(
         assert future.result(timeout=120) == MIB
         del argument, future
         assert watched() is None, gc.get_referrers(watched())
+
+
+@pytest.mark.testbed
+def test_a_worker_killed_while_a_big_payload_streams_to_it_fails_that_call() -> None:
+    """The worker is killed once it has read 8 MiB of a 128 MiB payload (watched through its
+    /proc/<pid>/io on the host): the payload is still being streamed, and the call must fail
+    with WorkerDiedError rather than wait, and the executor must go on with a new worker.
+    (Should the payload get through first, the call is asleep when it is killed: it must fail
+    the same way.)"""
+    facts = require_testbed("ssh")
+    options = executor_options(facts, "ssh")
+    with RemoteExecutor("ssh", max_workers=1, **options) as ex:
+        pid = int(ex.submit(os.getpid).result(timeout=120))
+        rchar = f"awk '/^rchar/{{print $2}}' /proc/{pid}/io"
+        script = (f"start=$({rchar}); echo ready; "
+                  f"while [ $({rchar}) -lt $((start + 8388608)) ]; do sleep 0.01; done; "
+                  f"kill -KILL {pid}")
+        watcher = subprocess.Popen([*facts.ssh_argv(facts.slurm_user), script],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            assert watcher.stdout is not None
+            assert watcher.stdout.readline().strip() == "ready"
+            future = ex.submit(sleep_then_size, bytes(128 * MIB), 60.0)
+            with pytest.raises(WorkerDiedError):
+                future.result(timeout=120)
+            assert watcher.wait(timeout=60) == 0
+        finally:
+            if watcher.poll() is None:
+                watcher.kill()
+        assert ex.submit(len, b"abc").result(timeout=120) == 3
