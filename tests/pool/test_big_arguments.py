@@ -32,8 +32,10 @@ pytestmark = [pytest.mark.timeout(300)]
 MIB = 1 << 20
 SIZE = 64 * MIB
 ROUND_TRIPS = 3
-#: Growth over the baseline allowed after a call (one retained copy is SIZE).
-TOLERANCE = 24 * MIB
+#: Growth over the baseline allowed after a call (one retained copy is SIZE). The local pool
+#: levels off about 20 MiB up after its first big calls (not growing with more), the ssh pool
+#: at 0.
+TOLERANCE = 40 * MIB
 
 
 def _trim() -> None:
