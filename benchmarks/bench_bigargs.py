@@ -99,9 +99,10 @@ def main() -> None:
                         moved = 2 * SIZE
                     took = time.perf_counter() - t
                     after = rss_mib()
-                    rows.append((kind, i, before, after, moved / MIB / took))
+                    rate = moved / MIB / took
+                    rows.append((kind, i, before, after, rate))
                     print(f"  {kind:5} #{i}: RSS {before:7.0f} -> {after:7.0f} MiB "
-                          f"({after - baseline:+6.0f} vs baseline), {moved / MIB / took:6.1f} MB/s",
+                          f"({after - baseline:+6.0f} vs baseline), {rate:6.1f} MiB/s",
                           flush=True)
         subprocess.run(["ssh", "-p", str(port), "-i", raw["RF_SSH_KEY"], "-o",
                         f"UserKnownHostsFile={raw['RF_SSH_KNOWN_HOSTS']}", "-o", "BatchMode=yes",
