@@ -58,7 +58,8 @@ def bench(session: nox.Session) -> None:
         # submitit runs on the testbed host as the SLURM user, with the testbed's Python.
         session.run("uv", "pip", "install", "--quiet", "--python",
                     "/opt/rf-remote-python/bin/python", "submitit", external=True)
-        scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py"]
+        scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py",
+                    "benchmarks/bench_bigargs.py"]
         with open(facts) as f:
             if "RF_K8S_KUBECONFIG" in f.read():
                 session.install("-e", ".[k8s]")

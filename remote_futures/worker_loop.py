@@ -172,17 +172,18 @@ def serve(
             )
         finally:
             _flush()
-    pending: collections.deque[tuple[bytes, bytes]] = collections.deque()
+    pending: collections.deque[tuple[bytes, memoryview]] = collections.deque()
     skipped: set[bytes] = set()
     envelope_initializer_done = False
     checked_environment = False
 
     def take(message: bytes) -> bool:
-        kind = message[:1]
+        kind = bytes(message[:1])
         if kind == b"X":
-            pending.append((message[1 : 1 + _KEY], message[1 + _KEY :]))
+            # The payload as a view of the message: slicing it would copy it.
+            pending.append((bytes(message[1 : 1 + _KEY]), memoryview(message)[1 + _KEY :]))
         elif kind == b"K":
-            skipped.add(message[1 : 1 + _KEY])
+            skipped.add(bytes(message[1 : 1 + _KEY]))
         elif kind == b"Q":
             return False
         return True
@@ -202,6 +203,8 @@ def serve(
             conn.send_bytes(b"T" + key)
             continue
         envelope = pickle.loads(payload)
+        payload.release()
+        del payload  # the message it viewed is freed: the envelope holds what it needs
         for entry in envelope.get("sys_path", ()):
             if entry not in sys.path:
                 sys.path.append(entry)
@@ -229,6 +232,7 @@ def serve(
                     proto.INITIALIZER, f"the initializer raised {exc!r}", traceback.format_exc()
                 )
         calls = envelope["calls"]
+        blob = b""
         for position, (index, blob) in enumerate(calls):
             outcome = problem if problem is not None else run_call(blob, proto)
             _flush()
@@ -237,9 +241,22 @@ def serve(
                 if printed:
                     conn.send_bytes(b"O" + printed)
             data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+            del outcome
             # The last call's outcome also says the task is done: one message, not two.
             head = b"D" + key if position == len(calls) - 1 else b"C"
-            conn.send_bytes(head + index.to_bytes(_KEY, "big") + data)
+            _send(conn, head + index.to_bytes(_KEY, "big"), data)
+            del data
+        # Nothing of the task stays while the worker waits for the next one.
+        del envelope, calls, blob
+
+
+def _send(conn: Any, head: bytes, body: bytes) -> None:
+    """Send ``head + body`` as one message, without joining them where the channel can write
+    them one after the other."""
+    if isinstance(conn, _StreamChannel):
+        conn.send_parts(head, body)
+    else:
+        conn.send_bytes(head + body)
 
 
 def _take(fd: int) -> bytes:
@@ -275,23 +292,38 @@ class _StreamChannel:
 
         return bool(select.select([self._read], [], [], timeout)[0])
 
-    def _exactly(self, size: int) -> bytes:
-        chunks = []
-        while size:
-            chunk = os.read(self._read, min(size, 1 << 20))
-            if not chunk:
+    def _exactly(self, size: int) -> bytearray:
+        # Read into a buffer of the message's size: no chunks to join into a second copy.
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        done = 0
+        while done < size:
+            got = os.readv(self._read, [view[done : done + (16 << 20)]])
+            if not got:
                 raise EOFError
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+            done += got
+        view.release()
+        return buffer
 
-    def recv_bytes(self) -> bytes:
+    def recv_bytes(self) -> bytearray:
         return self._exactly(int.from_bytes(self._exactly(4), "big"))
 
     def send_bytes(self, data: bytes) -> None:
-        view = memoryview(len(data).to_bytes(4, "big") + data)
-        while view:
-            view = view[os.write(self._write, view) :]
+        self.send_parts(data)
+
+    def send_parts(self, *parts: bytes) -> None:
+        """Write one message, the parts one after the other (never joined)."""
+        views = [memoryview(sum(len(p) for p in parts).to_bytes(4, "big"))]
+        views += [memoryview(p) for p in parts if len(p)]
+        while views:
+            written = os.writev(self._write, views[:64])
+            while written and views:
+                if written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][written:]
+                    written = 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,7 @@ from ..errors import WorkerDiedError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from .base import Transport
 
-__all__ = ["PoolTransport", "PoolWorker"]
+__all__ = ["PoolTransport", "PoolWorker", "head_size"]
 
 KEY = 8
 STDERR_TAIL_BYTES = 16384
@@ -64,6 +64,16 @@ class _PoolJob:
         self.dirty.add(index)
 
 
+def head_size(kind: bytes) -> int:
+    """The size of the head of a worker's message of this kind before its body (an outcome),
+    or 0 for a message with no body."""
+    if kind == b"C":
+        return 1 + KEY
+    if kind == b"D":
+        return 1 + 2 * KEY
+    return 0
+
+
 class PoolWorker(abc.ABC):
     """One persistent worker, as the pool sees it; subclasses own the channel."""
 
@@ -89,8 +99,10 @@ class PoolWorker(abc.ABC):
         """The worker's process id (on its host), if known."""
 
     @abc.abstractmethod
-    def send(self, message: bytes) -> None:
-        """Send one message without blocking for long; OSError if the channel is gone."""
+    def send(self, *parts: bytes) -> None:
+        """Send one message, the concatenation of ``parts``, without blocking for long;
+        OSError if the channel is gone. A task's payload is passed as a part of its own, so
+        that a channel able to write parts one after the other never copies it."""
 
     @abc.abstractmethod
     def kill(self) -> None:
@@ -234,7 +246,7 @@ class PoolTransport(Transport):
             w.sent.append(key)
             w.tasks_taken += 1
             try:
-                w.send(b"X" + key.to_bytes(KEY, "big") + payload)
+                w.send(b"X" + key.to_bytes(KEY, "big"), payload)
             except OSError:
                 break  # it died: its exit is reported separately
         self._unbind_if_done(w)
@@ -252,15 +264,17 @@ class PoolTransport(Transport):
 
     # --- what workers report ------------------------------------------------------------------
 
-    def on_message(self, w: PoolWorker, message: bytes) -> None:
-        """One message from a worker (see :mod:`remote_futures.worker_loop`)."""
+    def on_message(self, w: PoolWorker, message: bytes, body: bytes | None = None) -> None:
+        """One message from a worker (see :mod:`remote_futures.worker_loop`). A channel that
+        reads an outcome's head (:func:`head_size`) apart from its body passes them apart:
+        the body is then kept as it is, not sliced into a copy."""
         kind = message[:1]
         if kind == b"C" or kind == b"D":
             start = 1 + KEY if kind == b"D" else 1
             index = int.from_bytes(message[start : start + KEY], "big")
             job = w.job
             if job is not None and job.handle in self._pool_jobs:
-                job.outcomes[index] = message[start + KEY :]
+                job.outcomes[index] = message[start + KEY :] if body is None else body
                 job.ready.append(index)
                 self._changed.set()
             if kind == b"C":

@@ -15,46 +15,98 @@ running with a :class:`~remote_futures.errors.WorkerDiedError`, and the pool sta
 from __future__ import annotations
 
 import codecs
+import collections
 import hashlib
 import posixpath
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import anyio
 import anyio.abc
 
 from .. import worker, worker_loop
 from ..jobs import JobHandle, JobSpec
-from ._pool import PoolTransport, PoolWorker
+from ._pool import PoolTransport, PoolWorker, head_size
 from .ssh_host import SSHHostOptions, SSHHostTransport
 
 __all__ = ["SSHPoolTransport"]
 
 #: How long ``close`` waits for workers to leave after being asked.
 _EXIT_GRACE = 5.0
+#: A message up to this size is handed to asyncssh whole; a bigger one is streamed in slices
+#: of ``_SLICE_BYTES``, each written when the channel has taken the one before.
+_DIRECT_SEND_BYTES = 256 * 1024
+_SLICE_BYTES = 1 << 20
 
 
 class _SSHWorker(PoolWorker):
     """A worker process on the host, on one SSH channel."""
 
-    def __init__(self, process: Any, kill: Any) -> None:
+    def __init__(self, process: Any, kill: Any, spawn: Any) -> None:
         super().__init__()
         self.process = process
         self._kill = kill
+        self._spawn = spawn
+        #: Messages waiting for the writer task (one being streamed holds the rest back).
+        self._outbox: collections.deque[tuple[bytes, ...]] = collections.deque()
+        self._writing = False
+        self._eof = False
 
     @property
     def pid(self) -> int | None:
         """The pid the worker reported on its host."""
         return self.reported_pid
 
-    def send(self, message: bytes) -> None:
-        """Frame one message onto the channel (buffered by asyncssh, never blocks)."""
+    def send(self, *parts: bytes) -> None:
+        """Frame one message onto the channel, never blocking: a small one is written at once
+        (asyncssh buffers it); a big one, and whatever follows it meanwhile, is streamed by a
+        task in slices, each written once its predecessor left (asyncssh copies what it is
+        given into its buffer: handed a whole payload, it would hold a second copy of it)."""
+        if self._eof or self.process.stdin.is_closing():
+            raise OSError("the worker's channel is closed")
+        size = sum(len(part) for part in parts)
+        if self._writing or size > _DIRECT_SEND_BYTES:
+            self._outbox.append(parts)
+            if not self._writing:
+                self._writing = True
+                self._spawn(self._stream)
+            return
         try:
-            self.process.stdin.write(len(message).to_bytes(4, "big") + message)
+            self.process.stdin.write(size.to_bytes(4, "big") + b"".join(parts))
         except Exception as exc:
             raise OSError(f"the worker's channel is closed: {exc!r}") from exc
+
+    def close_input(self) -> None:
+        """No more messages: end the channel's input once what is queued was written."""
+        self._eof = True
+        if not self._writing:
+            try:
+                self.process.stdin.write_eof()
+            except Exception:
+                pass
+
+    async def _stream(self) -> None:
+        stdin = self.process.stdin
+        try:
+            while self._outbox:
+                parts = self._outbox.popleft()
+                stdin.write(sum(len(part) for part in parts).to_bytes(4, "big"))
+                for part in parts:
+                    view = memoryview(part)
+                    for start in range(0, len(view), _SLICE_BYTES):
+                        stdin.write(view[start : start + _SLICE_BYTES])
+                        await stdin.drain()
+                    del view
+                del parts
+            if self._eof:
+                stdin.write_eof()
+        except Exception:
+            # The channel closed: the reader reports the worker's exit; drop what is queued.
+            self._outbox.clear()
+        finally:
+            self._writing = False
 
     def kill(self) -> None:
         """Kill the process on the host, and close its channel."""
@@ -102,7 +154,7 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
                         w.send(b"Q")
                     except OSError:
                         pass
-                    w.process.stdin.write_eof()
+                    w.close_input()
                 else:
                     await self._kill_now(w)
             with anyio.move_on_after(_EXIT_GRACE):
@@ -151,16 +203,14 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
             self.starting -= 1
             self.fail_waiting(exc)
             return
-        w = _SSHWorker(process, self._kill_soon)
+        w = _SSHWorker(process, self._kill_soon, self._spawn)
         self.starting -= 1
         self.worker_started(w)
         assert self._group is not None
         self._group.start_soon(self._forward_stderr, w)
         try:
             while True:
-                header = await process.stdout.readexactly(4)
-                message = await process.stdout.readexactly(int.from_bytes(header, "big"))
-                self.on_message(w, message)
+                await self._receive(w)
         except Exception:
             pass  # the channel closed: the worker ended, or the connection dropped
         with anyio.move_on_after(2.0):
@@ -170,6 +220,27 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         sig = _signal_number(sig_name)
         process.close()
         self.worker_exited(w, code if code is not None and code >= 0 else None, sig)
+
+    async def _receive(self, w: _SSHWorker) -> None:
+        """Read one framed message and hand it on. An outcome's head is read apart from its
+        body, so that the body is kept as read, not sliced into a copy; and nothing read is
+        kept here once handed on (this frame waits for the next message meanwhile)."""
+        stdout = w.process.stdout
+        size = int.from_bytes(await stdout.readexactly(4), "big")
+        if not size:
+            return
+        kind = await stdout.readexactly(1)
+        head = head_size(kind)
+        if head and size > head:
+            message = kind + await stdout.readexactly(head - 1)
+            # A bytearray serves wherever an outcome is read (``pickle.loads``).
+            self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head)))
+        else:
+            self.on_message(w, kind + (await stdout.readexactly(size - 1) if size > 1 else b""))
+
+    def _spawn(self, function: Any) -> None:
+        if self._group is not None:
+            self._group.start_soon(function)
 
     async def _forward_stderr(self, w: _SSHWorker) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -200,6 +271,25 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
             except Exception:
                 pass
         w.process.close()
+
+
+async def _read_into(stream: Any, size: int) -> bytearray:
+    """Read ``size`` bytes into one buffer, a slice at a time: ``readexactly`` would gather
+    every packet of a large message (thousands of small blocks, scattered over the heap,
+    which then stays resident) and join them into a second copy."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    try:
+        while done < size:
+            chunk = await stream.read(min(size - done, _SLICE_BYTES))
+            if not chunk:
+                raise EOFError("the worker's channel closed in the middle of a message")
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+    finally:
+        view.release()
+    return buffer
 
 
 def _signal_number(name: str | None) -> int | None:

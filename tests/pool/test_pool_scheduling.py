@@ -29,8 +29,8 @@ class FakeWorker(PoolWorker):
     def pid(self) -> int | None:
         return 4242
 
-    def send(self, message: bytes) -> None:
-        self.messages.append(message)
+    def send(self, *parts: bytes) -> None:
+        self.messages.append(b"".join(parts))
 
     def kill(self) -> None:
         pass
