@@ -68,7 +68,10 @@ def _as_user(user: str, command: str) -> subprocess.CompletedProcess[str]:
 def test_job_cancelled_from_outside(
     remote_executor: Callable[..., RemoteExecutor], target: str, cancel: str, states: set[str]
 ) -> None:
-    ex = remote_executor(target, max_workers=1)
+    # The scheduler killed the job, so no exit file will come: a short latency wait keeps this
+    # test quick. The default wait for files the listing cannot see yet is staged in
+    # test_batch_reconcile.py.
+    ex = remote_executor(target, max_workers=1, latency_wait=10)
     future = ex.submit(nap, 120)
     job_id = _job_id_when_running(ex, future)
     user = {"slurm": "slurm_user", "pbs": "pbs_user", "sge": "sge_user"}[target]
@@ -88,7 +91,7 @@ def test_job_cancelled_from_outside(
 
 
 def test_sge_walltime_exceeded(remote_executor: Callable[..., RemoteExecutor]) -> None:
-    ex = remote_executor("sge", resources=Resources(walltime="00:00:05"))
+    ex = remote_executor("sge", resources=Resources(walltime="00:00:05"), latency_wait=10)
     future = ex.submit(nap, 120)
     with pytest.raises(JobFailedError) as caught:
         future.result(timeout=200)
@@ -98,7 +101,7 @@ def test_sge_walltime_exceeded(remote_executor: Callable[..., RemoteExecutor]) -
 @pytest.mark.slow
 def test_slurm_walltime_exceeded(remote_executor: Callable[..., RemoteExecutor]) -> None:
     # Slurm enforces walltime in whole minutes: about 75 s for --time=1.
-    ex = remote_executor("slurm", resources={"walltime": "00:01:00"})
+    ex = remote_executor("slurm", resources={"walltime": "00:01:00"}, latency_wait=10)
     future = ex.submit(nap, 250)
     with pytest.raises(JobFailedError) as caught:
         future.result(timeout=280)
