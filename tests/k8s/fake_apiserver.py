@@ -28,7 +28,9 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -537,3 +539,37 @@ async def start(cluster: FakeCluster) -> tuple[web.AppRunner, dict[str, Any]]:
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u"}}],
     }
     return runner, kubeconfig
+
+
+class FakeServer:
+    """A FakeCluster served on loopback from a background event loop."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.cluster: FakeCluster = self.call(self._make(kwargs))
+        self.runner, self.kubeconfig = self.call(start(self.cluster))
+
+    @staticmethod
+    async def _make(kwargs: dict[str, Any]) -> FakeCluster:
+        return FakeCluster(**kwargs)
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def do(self, fn: Callable[[], Any]) -> Any:
+        async def wrapper() -> Any:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return self.call(wrapper())
+
+    def close(self) -> None:
+        self.call(self.cluster.close())
+        self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

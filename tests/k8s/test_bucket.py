@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import FakeServer
+from fake_apiserver import FakeServer
 from testbed_facts import require_testbed
 
 from remote_futures import JobFailedError, RemoteExecutor

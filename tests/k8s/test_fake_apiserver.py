@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import FakeServer
+from fake_apiserver import FakeServer
 
 from remote_futures import (
     BrokenRemoteExecutor,
