@@ -178,6 +178,26 @@ class BatchTransport(RemoteTransport):
         log.debug("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
                  handle.job_id, len(job.tasks), throttle)
 
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Let the submitted array run ``max_concurrent`` tasks at once, with the scheduler's
+        own command (the dialect's :meth:`~.dialect.Dialect.throttle_argv`). False when the
+        scheduler has no such command or refuses it: the core keeps the slots for other jobs.
+        A dropped connection raises (the core treats that as False too)."""
+        if not job.job_id or len(job.spec.tasks) < 2:
+            return False
+        argv = self.dialect.throttle_argv(job.job_id, max_concurrent)
+        if argv is None:
+            return False
+        # Setting a limit twice is harmless: the command may be retried after a reconnect.
+        result = await self.shell.run(shlex.join(argv))
+        if not result.ok:
+            log.info("%s job %s: raising its throttle to %d failed: %s", self.name, job.job_id,
+                     max_concurrent, (result.stderr.strip() or result.stdout.strip())[-500:])
+            return False
+        log.debug("%s job %s now runs up to %d tasks at once", self.name, job.job_id,
+                  max_concurrent)
+        return True
+
     # --- poll ---------------------------------------------------------------------------------
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
