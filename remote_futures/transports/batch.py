@@ -378,6 +378,7 @@ class BatchTransport(RemoteTransport):
         it. Such a job is watched by the next polls and its directory removed when the
         scheduler says it ended; if the executor closes first, pruning removes it later."""
         tracking = self._tracking.pop(job, None)
+        self._output.pop(job, None)
         if (job.job_id and tracking is not None and self.options.cleanup == "on_release"
                 and not scheduler_done(len(job.spec.tasks), tracking.memory)):
             self._finishing[job] = tracking
