@@ -137,6 +137,9 @@ class BatchTransport(RemoteTransport):
     def __init__(self, options: BatchOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
         self._tracking: dict[JobHandle, _Tracking] = {}
+        #: The array throttles raised so far, and one lock per job for raising them.
+        self._throttles: dict[JobHandle, int] = {}
+        self._throttle_locks: dict[JobHandle, anyio.Lock] = {}
         #: Released jobs whose tasks may still be finishing: removed when they have ended.
         self._finishing: dict[JobHandle, _Tracking] = {}
         self._rules = Rules(latency_wait=options.latency_wait,
@@ -200,22 +203,34 @@ class BatchTransport(RemoteTransport):
     async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
         """Let the submitted array run ``max_concurrent`` tasks at once, with the scheduler's
         own command (the dialect's :meth:`~.dialect.Dialect.throttle_argv`). False when the
-        scheduler has no such command or refuses it: the core keeps the slots for other jobs.
-        A dropped connection raises (the core treats that as False too)."""
+        scheduler has no such command or refuses it twice: the core keeps the slots for other
+        jobs. A dropped connection raises (the core treats that as False too).
+
+        Raises of one job are sent one at a time and never lower the limit: two commands in
+        flight at once could otherwise be applied in the wrong order."""
         if not job.job_id or len(job.spec.tasks) < 2:
             return False
-        argv = self.dialect.throttle_argv(job.job_id, max_concurrent)
-        if argv is None:
+        if self.dialect.throttle_argv(job.job_id, max_concurrent) is None:
             return False
-        # Setting a limit twice is harmless: the command may be retried after a reconnect.
-        result = await self.shell.run(shlex.join(argv))
-        if not result.ok:
-            log.info("%s job %s: raising its throttle to %d failed: %s", self.name, job.job_id,
-                     max_concurrent, (result.stderr.strip() or result.stdout.strip())[-500:])
+        lock = self._throttle_locks.setdefault(job, anyio.Lock())
+        async with lock:
+            wanted = max(max_concurrent, self._throttles.get(job, 0))
+            argv = self.dialect.throttle_argv(job.job_id, wanted)
+            assert argv is not None
+            for attempt in range(2):
+                # Setting a limit twice is harmless: the command may be retried.
+                result = await self.shell.run(shlex.join(argv))
+                if result.ok:
+                    self._throttles[job] = wanted
+                    log.debug("%s job %s now runs up to %d tasks at once", self.name,
+                              job.job_id, wanted)
+                    return True
+                log.info("%s job %s: raising its throttle to %d failed: %s", self.name,
+                         job.job_id, wanted,
+                         (result.stderr.strip() or result.stdout.strip())[-500:])
+                if attempt == 0:
+                    await anyio.sleep(1.0)  # "Socket timed out" from a busy controller
             return False
-        log.debug("%s job %s now runs up to %d tasks at once", self.name, job.job_id,
-                  max_concurrent)
-        return True
 
     # --- poll ---------------------------------------------------------------------------------
 
@@ -422,6 +437,8 @@ class BatchTransport(RemoteTransport):
         scheduler says it ended; if the executor closes first, pruning removes it later."""
         tracking = self._tracking.pop(job, None)
         self._output.pop(job, None)
+        self._throttles.pop(job, None)
+        self._throttle_locks.pop(job, None)
         if (job.job_id and tracking is not None and self.options.cleanup == "on_release"
                 and not scheduler_done(len(job.spec.tasks), tracking.memory)):
             self._finishing[job] = tracking
