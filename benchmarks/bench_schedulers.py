@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -151,7 +152,12 @@ def slurm_latency(repeats: int) -> None:
                         known_hosts=FACTS["RF_SSH_KNOWN_HOSTS"], python=PYTHON) as ex:
         ex.submit(square, 2).result()  # warm: environment sync, worker upload
         for _ in range(5 * repeats):
+            # Slurm starts jobs in scheduling passes: a job submitted right after the
+            # previous one ended meets the pass at the same phase every time. A random pause
+            # before each measurement samples the phase evenly for both.
+            time.sleep(random.uniform(0, 1))
             floor_s = loop.run_until_complete(_single_floor(conn))
+            time.sleep(random.uniform(0, 1))
             start = time.perf_counter()
             ex.submit(square, 3).result()
             singles.append((floor_s, time.perf_counter() - start))
