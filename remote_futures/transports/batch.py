@@ -6,7 +6,8 @@ the scheduler's status command for every job id (with its exit status: a failed 
 a task seen finished has all its outcomes listed). What these views mean together is decided
 by the pure :mod:`.reconcile`: an exit file ends a task; a scheduler's or accounting's "ended"
 without one starts a bounded wait for files still on their way (``latency_wait``); a job
-nobody knows any more resolves as VANISHED instead of hanging.
+nobody knows any more resolves as VANISHED instead of hanging. Between polls the transport
+watches its jobs' directories (``stat``, no scheduler query) and polls again when one changes.
 """
 
 from __future__ import annotations
