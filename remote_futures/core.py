@@ -394,6 +394,10 @@ class Engine:
             self._admit()
         elif job.grant < job.unended:
             self._throttled[job] = None
+            # Slots freed while this raise was in flight found the job out of _throttled:
+            # hand them on now, or they would wait for the next slot to come back.
+            if self._free > 0:
+                self._admit()
 
     async def _submit(self, job: Job) -> None:
         # Calls cancelled while the job waited are dropped before anything goes out.

@@ -6,7 +6,8 @@ the scheduler's status command for every job id (with its exit status: a failed 
 a task seen finished has all its outcomes listed). What these views mean together is decided
 by the pure :mod:`.reconcile`: an exit file ends a task; a scheduler's or accounting's "ended"
 without one starts a bounded wait for files still on their way (``latency_wait``); a job
-nobody knows any more resolves as VANISHED instead of hanging.
+nobody knows any more resolves as VANISHED instead of hanging. Between polls the transport
+watches its jobs' directories (``stat``, no scheduler query) and polls again when one changes.
 """
 
 from __future__ import annotations
@@ -52,6 +53,25 @@ log = logging.getLogger("remote_futures")
 
 #: While the status command keeps failing, a warning every this many seconds.
 _WARN_EVERY = 300.0
+#: Seconds between two looks at the job directories while waiting for the next poll (at
+#: least; at most _WATCH_LOOKS looks per wait, so a long wait looks less often).
+_WATCH_STEP = 0.05
+_WATCH_LOOKS = 20
+#: Above this many active jobs, the wait between polls is a plain sleep (a bounded command).
+_WATCH_MAX_DIRS = 64
+
+
+def watch_dirs_command(dirs: Sequence[str], steps: int, step: float = _WATCH_STEP) -> str:
+    """A POSIX shell command that exits 0 as soon as the modification time of one of
+    ``dirs`` changes (or one appears or goes), looking every ``step`` seconds, and exits 3
+    after ``steps`` looks without a change."""
+    quoted = " ".join(shlex.quote(d) for d in dirs)
+    look = f"stat -c %y -- {quoted} 2>&1"
+    return (
+        f"rf_w=$({look}); rf_i=0; while [ $rf_i -lt {int(steps)} ]; do "
+        f"sleep {step:.3f}; [ \"$({look})\" = \"$rf_w\" ] || exit 0; "
+        f"rf_i=$((rf_i + 1)); done; exit 3"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +138,9 @@ class BatchTransport(RemoteTransport):
     def __init__(self, options: BatchOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
         self._tracking: dict[JobHandle, _Tracking] = {}
+        #: The array throttles raised so far, and one lock per job for raising them.
+        self._throttles: dict[JobHandle, int] = {}
+        self._throttle_locks: dict[JobHandle, anyio.Lock] = {}
         #: Released jobs whose tasks may still be finishing: removed when they have ended.
         self._finishing: dict[JobHandle, _Tracking] = {}
         self._rules = Rules(latency_wait=options.latency_wait,
@@ -177,6 +200,38 @@ class BatchTransport(RemoteTransport):
         handle.job_id = self.dialect.parse_submit(result.stdout)
         log.debug("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
                  handle.job_id, len(job.tasks), throttle)
+
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Let the submitted array run ``max_concurrent`` tasks at once, with the scheduler's
+        own command (the dialect's :meth:`~.dialect.Dialect.throttle_argv`). False when the
+        scheduler has no such command or refuses it twice: the core keeps the slots for other
+        jobs. A dropped connection raises (the core treats that as False too).
+
+        Raises of one job are sent one at a time and never lower the limit: two commands in
+        flight at once could otherwise be applied in the wrong order."""
+        if not job.job_id or len(job.spec.tasks) < 2:
+            return False
+        if self.dialect.throttle_argv(job.job_id, max_concurrent) is None:
+            return False
+        lock = self._throttle_locks.setdefault(job, anyio.Lock())
+        async with lock:
+            wanted = max(max_concurrent, self._throttles.get(job, 0))
+            argv = self.dialect.throttle_argv(job.job_id, wanted)
+            assert argv is not None
+            for attempt in range(2):
+                # Setting a limit twice is harmless: the command may be retried.
+                result = await self.shell.run(shlex.join(argv))
+                if result.ok:
+                    self._throttles[job] = wanted
+                    log.debug("%s job %s now runs up to %d tasks at once", self.name,
+                              job.job_id, wanted)
+                    return True
+                log.info("%s job %s: raising its throttle to %d failed: %s", self.name,
+                         job.job_id, wanted,
+                         (result.stderr.strip() or result.stdout.strip())[-500:])
+                if attempt == 0:
+                    await anyio.sleep(1.0)  # "Socket timed out" from a busy controller
+            return False
 
     # --- poll ---------------------------------------------------------------------------------
 
@@ -244,6 +299,30 @@ class BatchTransport(RemoteTransport):
             if not result.ok:
                 log.info("removing finished job directories: %s", result.stderr.strip())
         return statuses
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Wait for the next poll by watching the active jobs' directories on the host: a
+        new file (a task starting, an outcome, an exit code) changes a directory's mtime, and
+        the poll follows within a twentieth of the wait (at least 0.05 s) instead of at its
+        end. This costs at most 20 ``stat`` commands per wait on the login node, and no
+        scheduler query. Directories
+        whose changes reach the host late (NFS attribute caching) just make this a sleep."""
+        dirs = [handle.location for handle in self._tracking]
+        step = max(_WATCH_STEP, timeout / _WATCH_LOOKS)
+        steps = int(timeout / step)
+        if not dirs or len(dirs) > _WATCH_MAX_DIRS or steps < 2:
+            await anyio.sleep(timeout)
+            return
+        start = anyio.current_time()
+        try:
+            command = watch_dirs_command(dirs, steps, step)
+            result = await self.shell.run(command, timeout=timeout + 5)
+            changed = result.returncode == 0
+        except Exception as exc:  # a failed watch is only a sleep; the poll reports faults
+            log.debug("watching job directories failed: %r", exc)
+            changed = False
+        if not changed:
+            await anyio.sleep(max(0.0, timeout - (anyio.current_time() - start)))
 
     def _live_statuses(self, output: PollOutput, ids: list[str]) -> ParsedStatuses | None:
         """The parsed live statuses, or None when the status command failed: then nobody
@@ -358,6 +437,9 @@ class BatchTransport(RemoteTransport):
         it. Such a job is watched by the next polls and its directory removed when the
         scheduler says it ended; if the executor closes first, pruning removes it later."""
         tracking = self._tracking.pop(job, None)
+        self._output.pop(job, None)
+        self._throttles.pop(job, None)
+        self._throttle_locks.pop(job, None)
         if (job.job_id and tracking is not None and self.options.cleanup == "on_release"
                 and not scheduler_done(len(job.spec.tasks), tracking.memory)):
             self._finishing[job] = tracking

@@ -81,6 +81,12 @@ class Dialect(Protocol):
         """The command that cancels the job, or only the given 0-based array tasks."""
         ...
 
+    def throttle_argv(self, job_id: str, max_concurrent: int) -> list[str] | None:
+        """The command that lets a submitted array job run ``max_concurrent`` tasks at once
+        (``scontrol update ... ArrayTaskThrottle=``, ``qalter -tc``), or None if this scheduler
+        cannot change it after submission."""
+        ...
+
     def status_answered(self, returncode: int, stderr: str) -> bool:
         """Whether the status command answered (even "no such job"): False when it failed
         (controller down, timeout), so that its silence says nothing about the jobs."""

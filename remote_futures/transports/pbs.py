@@ -290,6 +290,11 @@ class PBSProDialect(_PBSBase):
         """Same as :meth:`parse_status`."""
         return self.parse_status(stdout, job_ids)
 
+    def throttle_argv(self, job_id: str, max_concurrent: int) -> list[str] | None:
+        """``qalter -W max_run_subjobs=N 123[].server`` (PBS Pro 2020.1 / OpenPBS 20.0 or
+        newer, the versions that know the ``%N`` limit at all)."""
+        return ["qalter", "-W", f"max_run_subjobs={max_concurrent}", job_id]
+
     def cancel_argv(self, job_id: str, tasks: Sequence[int] | None = None) -> list[str]:
         """``qdel 123[].server``, or ``qdel 123[4].server 123[7].server`` for subjobs."""
         if tasks is None:
@@ -316,6 +321,11 @@ class TorqueDialect(_PBSBase):
 
     def __init__(self, *, list_subjobs: bool = True) -> None:
         self.list_subjobs = list_subjobs
+
+    def throttle_argv(self, job_id: str, max_concurrent: int) -> list[str] | None:
+        """None: Torque's array slot limit cannot be changed portably after submission (the
+        Slurm Torque wrappers have no way at all)."""
+        return None
 
     def scheduler_log(self, job_dir: str, job_id: str, task: int | None = None) -> str:
         """The file holding Torque's own messages for one task: the ``-o`` of

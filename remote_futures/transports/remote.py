@@ -114,6 +114,17 @@ class RemoteOptions:
         )
 
 
+class _Forwarded:
+    """What of one job's output was forwarded: calls whose outcomes were listed (their output
+    was forwarded before them), and bytes forwarded per (task, stream)."""
+
+    def __init__(self, handle: JobHandle) -> None:
+        self.task_of = {call: position for position, task in enumerate(handle.spec.tasks)
+                        for call in task.call_indices}
+        self.calls: set[int] = set()
+        self.offsets: dict[tuple[int, str], int] = {}
+
+
 @dataclasses.dataclass(frozen=True)
 class Listing:
     """What one ``find``/``grep`` over job directories showed: outcomes and exit codes."""
@@ -290,6 +301,8 @@ class RemoteTransport(Transport):
         #: What environment sync did in ``prepare()`` (None before it ran).
         self.sync_result: SyncResult | None = None
         self._uploaded_code: set[str] = set()
+        #: Per job, what of its tasks' output was forwarded already (see :meth:`report`).
+        self._output: dict[JobHandle, _Forwarded] = {}
 
     @property
     def describe(self) -> str:
@@ -437,44 +450,76 @@ class RemoteTransport(Transport):
         listing: Listing,
     ) -> dict[JobHandle, JobStatus]:
         """What every poll ends with: each job's status with its ready outcomes, and the
-        output of tasks reported terminal for the first time forwarded. ``ended`` holds, per
-        job, the tasks already seen terminal; it is updated."""
+        tasks' output forwarded. ``ended`` holds, per job, the tasks already seen terminal; it
+        is updated.
+
+        A call settles as soon as its outcome is listed, which is often before its task's exit
+        file (the worker writes the outcome, then exits, then the script writes the exit
+        code). So the output of a task with newly listed outcomes is forwarded now, before the
+        core can set those results (the worker flushes its streams before writing each
+        outcome): a caller that prints after ``result()`` returns sees what the call printed.
+        What a task prints later is forwarded when it ends."""
         statuses: dict[JobHandle, JobStatus] = {}
-        newly: dict[JobHandle, set[int]] = {}
+        forward: dict[JobHandle, set[int]] = {}
+        final: dict[JobHandle, set[int]] = {}
         for handle, states in tasks.items():
             seen = ended[handle]
+            ready = listing.outcomes.get(handle.location, set())
             for task, status in states.items():
                 if status.state.terminal and task not in seen:
                     seen.add(task)
-                    newly.setdefault(handle, set()).add(task)
-            statuses[handle] = JobStatus(
-                dict(states), frozenset(listing.outcomes.get(handle.location, set()))
-            )
-        if newly:
-            await self.forward_output(newly, listing)
+                    final.setdefault(handle, set()).add(task)
+                    forward.setdefault(handle, set()).add(task)
+            if self.options.forward_output:
+                done = self._output.setdefault(handle, _Forwarded(handle))
+                for call in ready - done.calls:
+                    owner = done.task_of.get(call)
+                    if owner is not None and owner not in seen:
+                        forward.setdefault(handle, set()).add(owner)
+                done.calls |= ready
+            statuses[handle] = JobStatus(dict(states), frozenset(ready))
+        if forward:
+            await self.forward_output(forward, listing, final)
         return statuses
 
-    async def forward_output(self, ended: Mapping[JobHandle, set[int]], listing: Listing) -> None:
-        """Copy the output of tasks that just ended to this process's stdout and stderr."""
+    async def forward_output(
+        self,
+        tasks: Mapping[JobHandle, set[int]],
+        listing: Listing,
+        final: Mapping[JobHandle, set[int]] | None = None,
+    ) -> None:
+        """Copy what ``tasks`` printed since the last time to this process's stdout and
+        stderr. Tasks in ``final`` have ended: nothing more will come from them."""
         if not self.options.forward_output:
             return
         wanted = {
-            posixpath.join(handle.location, f"task-{task}.{kind}"): kind
-            for handle, tasks in ended.items()
+            posixpath.join(handle.location, f"task-{task}.{kind}"): (handle, task, kind)
+            for handle, some in tasks.items()
             for task, kind in sorted(listing.outputs.get(handle.location, ()))
-            if task in tasks
+            if task in some
         }
-        if not wanted:
-            return
-        found = await self.shell.read_files(list(wanted))
-        for path in wanted:
-            if path in found:
-                sink = sys.stdout if wanted[path] == "stdout" else sys.stderr
-                try:
-                    sink.write(found[path].decode(errors="replace"))
-                    sink.flush()
-                except (OSError, ValueError):
-                    pass  # the caller closed its stream
+        found = await self.shell.read_files(list(wanted)) if wanted else {}
+        for path, (handle, task, kind) in wanted.items():
+            if path not in found:
+                continue
+            done = self._output.setdefault(handle, _Forwarded(handle))
+            offset = done.offsets.get((task, kind), 0)
+            data = found[path][offset:]
+            done.offsets[(task, kind)] = offset + len(data)
+            if not data:
+                continue
+            sink = sys.stdout if kind == "stdout" else sys.stderr
+            try:
+                sink.write(data.decode(errors="replace"))
+                sink.flush()
+            except (OSError, ValueError):
+                pass  # the caller closed its stream
+        for handle, some in (final or {}).items():
+            record = self._output.get(handle)
+            if record is not None:
+                for task in some:
+                    record.offsets.pop((task, "stdout"), None)
+                    record.offsets.pop((task, "stderr"), None)
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]
@@ -508,6 +553,7 @@ class RemoteTransport(Transport):
 
     async def release(self, job: JobHandle) -> None:
         """Remove the job directory, per the ``cleanup`` option."""
+        self._output.pop(job, None)
         if self.options.cleanup == "on_release":
             result = await self.shell.run(f"rm -rf {shlex.quote(job.location)}")
             if not result.ok:

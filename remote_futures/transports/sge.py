@@ -215,6 +215,10 @@ class SGEDialect:
         ]
         return "; ".join(reasons)
 
+    def throttle_argv(self, job_id: str, max_concurrent: int) -> list[str] | None:
+        """``qalter -tc N 123``: the array's task concurrency limit."""
+        return ["qalter", "-tc", str(max_concurrent), job_id]
+
     def cancel_argv(self, job_id: str, tasks: Sequence[int] | None = None) -> list[str]:
         """``qdel 123``, or ``qdel 123 -t 5`` per task (1-based task ids)."""
         if tasks is None:

@@ -211,6 +211,14 @@ class SlurmDialect:
             return ["scancel", *where, number]
         return ["scancel", *where, *(f"{number}_{task}" for task in tasks)]
 
+    def throttle_argv(self, job_id: str, max_concurrent: int) -> list[str] | None:
+        """``scontrol update JobId=123 ArrayTaskThrottle=N`` (``-M cluster`` for a
+        ``123;cluster`` id)."""
+        number, _, cluster = job_id.partition(";")
+        where = ["-M", cluster] if cluster else []
+        return ["scontrol", *where, "update", f"JobId={number}",
+                f"ArrayTaskThrottle={max_concurrent}"]
+
     def status_answered(self, returncode: int, stderr: str) -> bool:
         """squeue exits 1 with ``Invalid job id specified`` when it knows none of the ids
         (an answer); any other failure (``Unable to contact slurm controller``) is not."""

@@ -177,3 +177,33 @@ def test_slow_teardown_is_neither_cancelled_nor_cleaned_up_under_the_task(
     assert fake_slurm.log("dir-gone.log") == ""
     ex.shutdown(wait=True)
     assert list((tmp_path / "rf" / "jobs").iterdir()) == []
+
+
+def speak_slow_exit(tag: str) -> str:
+    """Prints, returns at once, then the interpreter takes 3 s to exit: the outcome file is
+    there 3 s before the task's exit file."""
+    print(f"stdout says {tag}")
+    print(f"stderr says {tag}", file=sys.stderr)
+    atexit.register(time.sleep, 3)
+    return tag
+
+
+def test_output_is_forwarded_before_the_result_is_set(
+    fake_slurm: FakeSlurm, executor: Callable[..., RemoteExecutor],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The result settles when its outcome is listed, seconds before the task's exit file
+    here. What the call printed must already be on the caller's stdout/stderr when
+    ``result()`` returns, and not printed twice when the task ends. Before, output was
+    forwarded only once a poll saw the exit file, after the result (and after the job was
+    released, so not at all)."""
+    ex = executor()
+    assert ex.submit(speak_slow_exit, "a").result(timeout=60) == "a"
+    assert list(ex.map(speak_slow_exit, ["b", "c"], chunksize=1)) == ["b", "c"]
+    out, err = capfd.readouterr()
+    for tag in "abc":
+        assert f"stdout says {tag}" in out, out
+        assert f"stderr says {tag}" in err, err
+    ex.shutdown(wait=True)
+    out, err = capfd.readouterr()
+    assert "says" not in out + err, (out, err)

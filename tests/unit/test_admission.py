@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import anyio
 import pytest
 
 from remote_futures import RemoteExecutor, SubmissionError, TransportError
@@ -154,3 +155,43 @@ def test_cancelled_queued_calls_never_go_out(gate: Any) -> None:
         assert ex.submit(double, 4).result(timeout=30) == 8
         sent = sum(len(spec.tasks) for spec in mock_of(ex).submitted)
         assert sent == 2
+
+
+def test_slots_freed_while_a_raise_is_in_flight_are_handed_on(gate: Any) -> None:
+    """A's three calls end one at a time. The first frees a slot: B's throttle is raised to
+    2, and that raise is held in flight while A's two other calls end. Their slots must
+    reach B when the raise returns (B only finishes if four tasks meet); before, they
+    waited for the next slot to come back, which never happened."""
+    gates = [gate(f"a{i}") for i in range(3)]
+    BARRIERS["b2"] = threading.Barrier(4)
+    raising = threading.Event()
+    go_on = threading.Event()
+    with RemoteExecutor("mock", max_workers=4) as ex:
+        a = [ex.submit(wait_gate, f"a{i}", i) for i in range(3)]
+        transport = mock_of(ex)
+        original = transport.raise_throttle
+        raises: list[int] = []
+
+        async def held_raise(job: Any, max_concurrent: int) -> bool:
+            raises.append(max_concurrent)
+            if len(raises) == 1:
+                raising.set()
+                while not go_on.is_set():
+                    await anyio.sleep(0.01)
+            return await original(job, max_concurrent)
+
+        transport.raise_throttle = held_raise  # type: ignore[method-assign]
+        for future in a:
+            while not future.running():
+                assert not future.done()
+                threading.Event().wait(0.01)
+        b = ex.map(meet, ["b2"] * 8, range(8))
+        gates[0].set()
+        assert a[0].result(timeout=30) == 0
+        assert raising.wait(30), "B's throttle was never raised"
+        gates[1].set()
+        gates[2].set()
+        assert [f.result(timeout=30) for f in a[1:]] == [1, 2]
+        go_on.set()
+        assert list(b) == list(range(8))
+        assert raises[0] == 2 and max(raises) == 4, raises

@@ -426,3 +426,14 @@ def test_wrappers_purged_or_unknown_job_prints_nothing() -> None:
     # qstat exits 153 with empty output: the job is simply absent from the result.
     assert WRAPPERS.parse_status(data("torque-wrappers/qstat-f-purged.txt"), ["112"]) == {}
     assert WRAPPERS.parse_status(data("torque-wrappers/qstat-unknown-id.txt"), ["999999"]) == {}
+
+
+def test_pbspro_throttle_argv_sets_max_run_subjobs() -> None:
+    assert PRO.throttle_argv("123[].server", 5) == [
+        "qalter", "-W", "max_run_subjobs=5", "123[].server"
+    ]
+
+
+def test_torque_cannot_raise_a_throttle() -> None:
+    assert TORQUE.throttle_argv("123[].server", 5) is None
+    assert TorqueDialect(list_subjobs=False).throttle_argv("123", 5) is None

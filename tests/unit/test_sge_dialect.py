@@ -402,3 +402,7 @@ def test_parse_status_survives_invalid_xml() -> None:
     parsed = D.parse_status(text, ["18", "20"])
     assert parsed["18"] == {None: TaskStatus(TaskState.RUNNING, "r")}
     assert sorted(parsed["20"]) == [0, 1, 2, 3, 4]
+
+
+def test_throttle_argv_sets_the_task_concurrency() -> None:
+    assert D.throttle_argv("123", 4) == ["qalter", "-tc", "4", "123"]

@@ -416,3 +416,10 @@ def test_testbed_wrapper_jobs_seen_through_sacct() -> None:
     assert parsed["112"][None].state is TaskState.CANCELLED
     assert sorted(parsed["114"]) == [0, 1, 2, 3]
     assert parsed["117"][None] == TaskStatus(TaskState.FAILED, "FAILED", 3, None)
+
+
+def test_throttle_argv_keeps_the_cluster() -> None:
+    assert D.throttle_argv("123", 4) == ["scontrol", "update", "JobId=123", "ArrayTaskThrottle=4"]
+    assert D.throttle_argv("123;beta", 7) == [
+        "scontrol", "-M", "beta", "update", "JobId=123", "ArrayTaskThrottle=7"
+    ]
