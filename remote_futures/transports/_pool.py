@@ -32,6 +32,7 @@ import cloudpickle
 from .. import worker
 from ..errors import WorkerDiedError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from ._deltas import take_changes
 from .base import Transport
 
 __all__ = ["PoolTransport", "PoolWorker", "head_size"]
@@ -405,15 +406,7 @@ class PoolTransport(Transport):
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
         """What changed since the previous poll."""
-        statuses = {}
-        for handle in jobs:
-            state = self._pool_jobs.get(handle)
-            if state is not None:
-                statuses[handle] = JobStatus(
-                    {i: state.states[i] for i in state.dirty}, frozenset(state.ready)
-                )
-                state.dirty, state.ready = set(), []
-        return statuses
+        return take_changes(jobs, self._pool_jobs)
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]

@@ -32,6 +32,7 @@ import anyio.abc
 
 from .. import worker
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from ._deltas import take_changes
 from .base import Transport
 
 __all__ = ["LocalOptions", "LocalTransport"]
@@ -190,17 +191,7 @@ class LocalTransport(Transport):
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
         """What changed since the previous poll (kept up to date by the worker processes'
         progress reports): the tasks whose state changed, the outcomes newly written."""
-        statuses = {}
-        for handle in jobs:
-            state = self._jobs.get(handle)
-            if state is None:
-                continue
-            statuses[handle] = JobStatus(
-                {index: state.states[index] for index in state.dirty}, frozenset(state.ready)
-            )
-            state.dirty = set()
-            state.ready = []
-        return statuses
+        return take_changes(jobs, self._jobs)
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]

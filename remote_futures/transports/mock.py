@@ -26,6 +26,7 @@ import anyio.abc
 
 from .. import worker
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from ._deltas import take_changes
 from .base import Transport
 
 __all__ = ["MockOptions", "MockTransport"]
@@ -165,15 +166,7 @@ class MockTransport(Transport):
 
     async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
         """What changed since the previous poll."""
-        statuses = {}
-        for handle in jobs:
-            state = self._jobs.get(handle)
-            if state is not None:
-                statuses[handle] = JobStatus(
-                    {i: state.states[i] for i in state.dirty}, frozenset(state.ready)
-                )
-                state.dirty, state.ready = set(), []
-        return statuses
+        return take_changes(jobs, self._jobs)
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]
