@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -453,28 +453,27 @@ class EC2Transport(Transport):
             self.instances[record["InstanceId"]] = _Instance(record["InstanceId"], record)
         log.info("%s: launched %s", self.describe, ", ".join(self.instances))
         await self._wait_running()
-        errors: list[BaseException] = []
-
-        async def connect(instance: _Instance) -> None:
-            try:
-                await self._connect(instance)
-            except Exception as exc:
-                errors.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for instance in self.instances.values():
-                tg.start_soon(connect, instance)
-        if errors:
-            raise errors[0]
+        await self._on_every_instance(self._connect)
 
     async def prepare(self) -> None:
         """Upload the worker and sync the environment on every instance, in parallel."""
+
+        async def prepare_one(instance: _Instance) -> None:
+            assert instance.transport is not None
+            await instance.transport.prepare()
+
+        await self._on_every_instance(prepare_one)
+
+    async def _on_every_instance(self, step: Callable[[_Instance], Awaitable[None]]) -> None:
+        """Run ``step`` on every instance at once; raise the first failure once all have ended.
+
+        Every instance's step runs to its end even when another fails, so that no half-made
+        connection is abandoned mid-handshake (``close`` tears them all down afterwards)."""
         errors: list[BaseException] = []
 
         async def one(instance: _Instance) -> None:
-            assert instance.transport is not None
             try:
-                await instance.transport.prepare()
+                await step(instance)
             except Exception as exc:
                 errors.append(exc)
 
