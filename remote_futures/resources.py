@@ -101,6 +101,16 @@ class Resources:
             normalized[name] = value
         return cls(**normalized)
 
+    @classmethod
+    def coerce(cls, value: Any) -> Resources:
+        """A :class:`Resources` as it is, or one built from a table of its fields (an option's
+        value from a profile or a keyword); anything else is a :class:`ConfigurationError`."""
+        if isinstance(value, Resources):
+            return value
+        if isinstance(value, Mapping):
+            return cls.from_mapping(value)
+        raise ConfigurationError(f"must be a Resources or a table of resources, got {value!r}")
+
     def merged(self, other: Resources | None) -> Resources:
         """These resources with every field that ``other`` sets taken from ``other``."""
         if other is None:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import anyio
 
 from .. import worker
-from ..errors import ConfigurationError, SubmissionError
+from ..errors import SubmissionError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskStatus
 from ..resources import Resources
 from .dialect import Dialect, ParsedStatuses, ScriptRequest, render_script
@@ -93,11 +93,7 @@ class BatchOptions(RemoteOptions):
     @staticmethod
     def convert_resources(value: Any) -> Resources:
         """A :class:`Resources`, or a table of its fields (``cores``/``queue`` accepted)."""
-        if isinstance(value, Resources):
-            return value
-        if isinstance(value, dict):
-            return Resources.from_mapping(value)
-        raise ConfigurationError(f"must be a Resources or a table of resources, got {value!r}")
+        return Resources.coerce(value)
 
 
 @dataclasses.dataclass(frozen=True)

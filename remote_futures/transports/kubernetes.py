@@ -202,12 +202,8 @@ class KubernetesOptions:
 
     @staticmethod
     def convert_resources(value: Any) -> Resources:
-        """A :class:`Resources`, or a table of its fields."""
-        if isinstance(value, Resources):
-            return value
-        if isinstance(value, dict):
-            return Resources.from_mapping(value)
-        raise ConfigurationError(f"must be a Resources or a table of resources, got {value!r}")
+        """A :class:`Resources`, or a table of its fields (``cores``/``queue`` accepted)."""
+        return Resources.coerce(value)
 
 
 @dataclasses.dataclass(eq=False)

@@ -183,3 +183,11 @@ def test_a_batch_executor_refuses_an_injected_default_at_construction() -> None:
     # Refused while options are read: no shell is opened, nothing reaches sbatch.
     with pytest.raises(ConfigurationError, match=r"Resources\.account .*control character"):
         RemoteExecutor("slurm", resources={"account": "lab\n#SBATCH --qos=top"})
+
+
+def test_coerce_takes_resources_or_a_table_and_refuses_anything_else() -> None:
+    given = Resources(cpus=2)
+    assert Resources.coerce(given) is given
+    assert Resources.coerce({"cores": 3, "queue": "short"}) == Resources(cpus=3, partition="short")
+    with pytest.raises(ConfigurationError, match="table of resources"):
+        Resources.coerce("cpus=2")
