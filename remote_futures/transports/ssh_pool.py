@@ -50,7 +50,7 @@ class _SSHWorker(PoolWorker):
         self._kill = kill
         self._spawn = spawn
         #: Messages waiting for the writer task (one being streamed holds the rest back).
-        self._outbox: collections.deque[tuple[bytes, ...]] = collections.deque()
+        self._outbox: collections.deque[tuple[bytes | memoryview, ...]] = collections.deque()
         self._writing = False
         self._eof = False
 
@@ -59,7 +59,7 @@ class _SSHWorker(PoolWorker):
         """The pid the worker reported on its host."""
         return self.reported_pid
 
-    def send(self, *parts: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
         """Frame one message onto the channel, never blocking: a small one is written at once
         (asyncssh buffers it); a big one, and whatever follows it meanwhile, is streamed by a
         task in slices, each written once its predecessor left (asyncssh copies what it is
@@ -118,6 +118,8 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
 
     name = "ssh"
     Options: ClassVar[type[Any]] = SSHHostOptions
+    # Large buffers of calls and results go over the channel as frames of their own.
+    out_of_band = True
 
     def __init__(self, options: SSHHostOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)

@@ -131,6 +131,24 @@ def test_a_finished_calls_argument_is_freed_without_a_collection(
         assert watched() is None, gc.get_referrers(watched())
 
 
+@pytest.mark.parametrize("target", _targets())
+def test_large_buffers_of_every_kind_make_the_round_trip(target: str) -> None:
+    """Large buffers travel beside the pickle (frames on ``ssh``, written into the task file
+    elsewhere): each comes back as what it was, nested ones too, and the same object twice
+    stays one object; calls with and without them share a task."""
+    big = os.urandom(8 * MIB)
+    with _executor(target) as ex:
+        got = ex.submit(echo, (big, bytearray(big), memoryview(big)[1:], [big, {"k": big}]))
+        data, writable, view, nested = got.result(timeout=120)
+        assert type(data) is bytes and data == big
+        assert type(writable) is bytearray and writable == big
+        assert type(view) is bytes and view == big[1:]  # a memoryview arrives as bytes
+        assert nested[0] is data and nested[1]["k"] is data
+        mixed = list(ex.map(echo, [big, b"small", bytearray(big), 7], chunksize=4))
+        assert mixed == [big, b"small", bytearray(big), 7]
+        assert [type(x) for x in mixed] == [bytes, bytes, bytearray, int]
+
+
 @pytest.mark.testbed
 def test_a_worker_killed_while_a_big_payload_streams_to_it_fails_that_call() -> None:
     """The worker is killed once it has read 8 MiB of a 128 MiB payload (watched through its
