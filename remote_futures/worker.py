@@ -260,6 +260,64 @@ def dumps_value(
     return stream.getvalue(), buffers
 
 
+#: The flag after ``B`` in a buffer's frame: the buffer is read-only (a ``bytes``), or not.
+FRAME_READONLY = b"r"
+FRAME_WRITABLE = b"w"
+
+
+def frame_flag(buffer: Any) -> bytes:
+    """The flag of a buffer's frame (see :func:`frame_buffer`)."""
+    return FRAME_READONLY if memoryview(buffer).readonly else FRAME_WRITABLE
+
+
+def frame_buffer(size: int, flag: bytes) -> tuple[Any, memoryview]:
+    """Where to read a buffer's frame of ``size`` bytes: the object it becomes, and a writable
+    view of its memory (release it once filled). A writable buffer becomes a bytearray (what a
+    ``bytearray`` argument is then, without a copy). A read-only one (a ``bytes`` argument)
+    becomes a new ``bytes`` filled in place where the interpreter allows it (CPython): the
+    ``bytes`` the call gets is then the frame itself, neither zeroed first nor copied after,
+    which is a fifth of the time a large argument takes on the worker."""
+    if flag == FRAME_READONLY and size >= OUT_OF_BAND_BYTES:
+        made = _new_bytes(size)
+        if made is not None:
+            return made
+    buffer = bytearray(size)
+    return buffer, memoryview(buffer)
+
+
+#: (PyBytes_FromStringAndSize, offset of a bytes object's data) once checked; False: not here.
+_bytes_api: Any = None
+
+
+def _new_bytes(size: int) -> tuple[bytes, memoryview] | None:
+    """A new, not yet filled ``bytes`` of ``size`` and a writable view of its data, or None
+    where that cannot be done. Safe as done here: the object is new (size >= 2: not a shared
+    one), nobody else holds it, and its hash is not computed before it is filled."""
+    global _bytes_api
+    if _bytes_api is None:
+        _bytes_api = False
+        try:
+            import ctypes
+
+            create = ctypes.pythonapi.PyBytes_FromStringAndSize
+            create.restype = ctypes.py_object
+            create.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+            offset = bytes.__basicsize__ - 1  # the data, after the header, ends the object
+            probe = create(None, 64)
+            view = memoryview((ctypes.c_char * 64).from_address(id(probe) + offset)).cast("B")
+            view[:] = bytes(range(64))
+            view.release()
+            if type(probe) is bytes and probe == bytes(range(64)):
+                _bytes_api = (create, offset, ctypes.c_char)
+        except Exception:
+            pass  # another interpreter, or no ctypes: bytearrays, copied into bytes
+    if not _bytes_api or size < 2:
+        return None
+    create, offset, char = _bytes_api
+    made = create(None, size)
+    return made, memoryview((char * size).from_address(id(made) + offset)).cast("B")
+
+
 class BufferUnpickler(pickle.Unpickler):
     """Unpickles what :func:`dumps_value` pickled, given the buffers that travelled beside."""
 

@@ -9,12 +9,12 @@ package): the envelope format and the call runner's helpers come from ``worker.p
 
 Messages on the connection (``Connection.send_bytes``), each one frame::
 
-    parent -> worker   b"B" + bytes                      a buffer of the task that follows
+    parent -> worker   b"B" + flag(1) + bytes            a buffer of the task that follows
                        b"X" + key(8) + task payload     run a task (a ``task-<i>.in`` envelope)
                        b"K" + key(8)                     skip that task if not started yet
                        b"Q"                              exit once idle
     worker -> parent   b"H" + pid(8)                     hello, once
-                       b"B" + bytes                      a buffer of the outcome that follows
+                       b"B" + flag(1) + bytes            a buffer of the outcome that follows
                        b"C" + index(8) + outcome         one call's outcome envelope
                        b"D" + key(8) + index(8) + outcome  the task's last call; the task ended
                        b"T" + key(8)                     the task ended (skipped)
@@ -22,7 +22,8 @@ Messages on the connection (``Connection.send_bytes``), each one frame::
 
 ``B`` frames (on a host's stream channel only) carry the large buffers of a call or a result
 beside its pickle (``worker.dumps_value``): written from the sender's memory as they are, read
-into a buffer of their own size, never copied into a pickle or out of one.
+into a buffer of their own size (a ``bytes`` for a read-only one: flag ``r``; a ``bytearray``
+otherwise: ``w``), never copied into a pickle or out of one.
 
 Tasks run in the order they were sent, so the parent knows which one a worker is running (the
 oldest it sent and has not heard the end of) without being told.
@@ -285,7 +286,7 @@ def serve(
             data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
             del outcome
             for buffer in out or ():
-                _send(conn, b"B", buffer)
+                _send(conn, b"B" + proto.frame_flag(buffer), buffer)
             del out
             # The last call's outcome also says the task is done: one message, not two.
             head = b"D" + key if position == last else b"C"
@@ -331,7 +332,8 @@ class _StreamChannel:
         self._read = read_fd
         self._write = write_fd
         #: The bodies of the B frames read since the last :meth:`take_frames`.
-        self._frames: list[bytearray] = []
+        self._frames: list[Any] = []
+        self._proto: types.ModuleType | None = None
 
     def poll(self, timeout: float) -> bool:
         import select
@@ -361,8 +363,16 @@ class _StreamChannel:
         if not size:
             return bytearray()
         kind = self._exactly(1)
-        if kind == b"B":
-            self._frames.append(self._exactly(size - 1))
+        if kind == b"B" and size >= 2:
+            flag = bytes(self._exactly(1))
+            if self._proto is None:
+                self._proto = _load_protocol()
+            body, view = self._proto.frame_buffer(size - 2, flag)
+            try:
+                self._into(view)
+            finally:
+                view.release()
+            self._frames.append(body)
             return kind
         message = bytearray(size)
         message[0] = kind[0]
@@ -370,7 +380,7 @@ class _StreamChannel:
             self._into(view[1:])
         return message
 
-    def take_frames(self) -> list[bytearray]:
+    def take_frames(self) -> list[Any]:
         """The B frames' bodies read since the last call, in order."""
         frames, self._frames = self._frames, []
         return frames

@@ -69,7 +69,7 @@ def head_size(kind: bytes) -> int:
     """The size of the head of a worker's message of this kind before its body (an outcome),
     or 0 for a message with no body."""
     if kind == b"B":
-        return 1
+        return 2  # the kind and the flag (see worker.frame_buffer)
     if kind == b"C":
         return 1 + KEY
     if kind == b"D":
@@ -255,7 +255,7 @@ class PoolTransport(Transport):
             w.tasks_taken += 1
             try:
                 for buffer in buffers:
-                    w.send(b"B", buffer)
+                    w.send(b"B" + worker.frame_flag(buffer), buffer)
                 w.send(b"X" + key.to_bytes(KEY, "big"), payload)
             except OSError:
                 break  # it died: its exit is reported separately
@@ -283,7 +283,7 @@ class PoolTransport(Transport):
         kind = message[:1]
         if kind == b"B":
             # A buffer of the outcome that follows (see worker_loop).
-            w.inbound.append(message[1:] if body is None else body)
+            w.inbound.append(message[2:] if body is None else body)
             return
         if kind == b"C" or kind == b"D":
             start = 1 + KEY if kind == b"D" else 1

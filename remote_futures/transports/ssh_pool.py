@@ -235,8 +235,10 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         head = head_size(kind)
         if head and size > head:
             message = kind + await stdout.readexactly(head - 1)
-            # A bytearray serves wherever an outcome is read (``pickle.loads``).
-            self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head)))
+            # A buffer's frame becomes what the result will hold (worker.frame_buffer); a
+            # bytearray serves wherever an outcome is read (``pickle.loads``).
+            flag = message[1:2] if kind == b"B" else worker.FRAME_WRITABLE
+            self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head, flag)))
         else:
             self.on_message(w, kind + (await stdout.readexactly(size - 1) if size > 1 else b""))
 
@@ -275,12 +277,11 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         w.process.close()
 
 
-async def _read_into(stream: Any, size: int) -> bytearray:
-    """Read ``size`` bytes into one buffer, a slice at a time: ``readexactly`` would gather
-    every packet of a large message (thousands of small blocks, scattered over the heap,
-    which then stays resident) and join them into a second copy."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+async def _read_into(stream: Any, size: int, flag: bytes) -> Any:
+    """Read ``size`` bytes into one buffer (``worker.frame_buffer``), a slice at a time:
+    ``readexactly`` would gather every packet of a large message (thousands of small blocks,
+    scattered over the heap, which then stays resident) and join them into a second copy."""
+    buffer, view = worker.frame_buffer(size, flag)
     done = 0
     try:
         while done < size:

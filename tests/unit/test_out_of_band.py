@@ -62,6 +62,27 @@ def test_a_large_bytes_argument_is_not_copied_into_the_calls_pickle() -> None:
     assert type(args[0]) is bytes and args[0] == data
 
 
+def _frame(buffer: Any) -> Any:
+    """A buffer as a channel delivers it: read into :func:`worker.frame_buffer`."""
+    data = memoryview(buffer).cast("B")
+    body, view = worker.frame_buffer(len(data), worker.frame_flag(buffer))
+    view[:] = data
+    view.release()
+    return body
+
+
+def test_a_bytes_argument_is_the_very_frame_it_arrived_in() -> None:
+    """A read-only buffer's frame is read into a new ``bytes`` (CPython), which the call then
+    gets as its argument: nothing is copied after the read."""
+    data = os.urandom(2 * MIB)
+    blob = dumps_call(len, (data, bytearray(data)), {})
+    frames = [_frame(buffer) for buffer in buffers_of(blob)]
+    assert [type(frame) for frame in frames] == [bytes, bytearray]
+    assert frames[0] == data and hash(frames[0]) == hash(data)
+    _, args, _ = _value(blob, frames)
+    assert args[0] is frames[0] and args[1] is frames[1]
+
+
 def test_small_arguments_stay_in_the_pickle() -> None:
     blob = dumps_call(len, (b"x" * 100, bytearray(100), [1, 2, 3]), {})
     assert type(blob) is bytes
@@ -176,14 +197,14 @@ class Loop:
         """Send a task the way the pool does (its buffers first, as B frames); the frames and
         the messages that come back until the task ends."""
         for buffer in buffers_of(payload):
-            self.send(b"B", buffer)
+            self.send(b"B" + worker.frame_flag(buffer), buffer)
         self.send(b"X" + key.to_bytes(KEY, "big"), payload)
         frames: list[bytes] = []
         messages: list[tuple[bytes, bytes]] = []
         while True:
             kind, rest = self.receive()
             if kind == b"B":
-                frames.append(rest)
+                frames.append(rest[1:])
                 continue
             messages.append((kind, rest))
             if kind in (b"D", b"T"):
