@@ -99,7 +99,11 @@ class CallPickler:
         """One call of the function, as the worker unpickles it: ``(fn, args, kwargs)``; a
         :class:`~remote_futures.jobs.Pickled` if large buffers travel beside the pickle."""
         call = (self._fn, tuple(args), dict(kwargs))
-        if worker.holds_buffers(call[1:]):
+        # Arguments of none of the types that may hold a large buffer (numbers, strings...):
+        # told at C speed, the common case of a map of small calls.
+        if not (worker.SCANNED_TYPES.isdisjoint(map(type, call[1]))
+                and worker.SCANNED_TYPES.isdisjoint(map(type, call[2].values()))
+                ) and worker.holds_buffers(call[1:]):
             return self._dumps_with_buffers(call)
         # One pickler for all the calls (its memo cleared each time): building a cloudpickle
         # Pickler costs more than pickling a small call. Not thread-safe, as a CallPickler
