@@ -132,15 +132,18 @@ class CallPickler:
 
 
 def _collect(found: list[pickle.PickleBuffer], buffer: pickle.PickleBuffer) -> bool:
-    """A protocol-5 buffer (a numpy array's): out of band if large (a writable one copied,
-    so that a change after ``submit`` does not reach the call)."""
+    """A protocol-5 buffer (a numpy array's): out of band if large (copied unless it is a
+    ``bytes``'s, so that a change after ``submit`` does not reach the call)."""
     try:
         view = buffer.raw()
     except BufferError:
         return True  # not contiguous: pickle decides
     if view.nbytes < worker.OUT_OF_BAND_BYTES:
         return True
-    found.append(buffer if view.readonly else pickle.PickleBuffer(bytearray(view)))
+    if not worker.immutable(view):
+        # Copied, keeping its kind (read-only or not: what the unpickled object will be).
+        buffer = pickle.PickleBuffer(bytes(view) if view.readonly else bytearray(view))
+    found.append(buffer)
     return False
 
 

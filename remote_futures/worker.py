@@ -243,13 +243,19 @@ def _buffer_pickler_class() -> type:
 _BufferPickler: type | None = None
 
 
+def immutable(view: memoryview) -> bool:
+    """Whether the memory behind ``view`` cannot change: that of a ``bytes``. (A read-only
+    view of a bytearray, or a read-only numpy array, may still change under it.)"""
+    return view.readonly and type(view.obj) is bytes
+
+
 def dumps_value(
     value: Any, out_of_band: bool, snapshot: bool = False
 ) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Pickle ``value`` (cloudpickle, protocol 5); with ``out_of_band``, its large buffers are
-    returned beside the pickle instead of inside it (see above). ``snapshot``: a writable
-    buffer is copied (once) rather than referenced, so that changing it after this returns
-    does not change what is sent."""
+    returned beside the pickle instead of inside it (see above). ``snapshot``: a buffer whose
+    memory may change (all but a ``bytes``'s) is copied once rather than referenced, so that
+    changing it after this returns does not change what is sent."""
     import cloudpickle
 
     buffers: list[pickle.PickleBuffer] = []
@@ -258,8 +264,8 @@ def dumps_value(
         view = buffer.raw()
         if not out_of_band or view.nbytes < OUT_OF_BAND_BYTES:
             return True  # in band
-        if snapshot and not view.readonly:
-            buffer = pickle.PickleBuffer(bytearray(view))
+        if snapshot and not immutable(view):
+            buffer = pickle.PickleBuffer(bytearray(view) if not view.readonly else bytes(view))
         buffers.append(buffer)
         return False
 

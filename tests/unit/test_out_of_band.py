@@ -124,12 +124,15 @@ def test_a_writable_buffer_changed_after_submit_does_not_change_the_call() -> No
     (a read-only one, such as ``bytes``, is only referenced)."""
     data = bytearray(MIB)
     blocky = Blocky(bytearray(MIB))
-    blob = dumps_call(len, (data, blocky), {})
+    behind = bytearray(MIB)
+    blob = dumps_call(len, (data, blocky, memoryview(behind).toreadonly()), {})
     data[:4] = b"late"
     blocky.data[:4] = b"late"
+    behind[:4] = b"late"  # read-only to the call, not to its owner
     _, args, _ = _value(blob, _as_frames(buffers_of(blob)))
     assert bytes(args[0][:4]) == bytes(4)
     assert bytes(args[1].data[:4]) == bytes(4)
+    assert args[2][:4] == bytes(4)
 
 
 def test_a_file_envelope_holds_the_buffers_and_runs_in_the_batch_worker(tmp_path: Path) -> None:
