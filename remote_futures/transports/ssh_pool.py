@@ -235,9 +235,9 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         head = head_size(kind)
         if head and size > head:
             message = kind + await stdout.readexactly(head - 1)
-            # A buffer's frame becomes what the result will hold (worker.frame_buffer); a
-            # bytearray serves wherever an outcome is read (``pickle.loads``).
-            flag = message[1:2] if kind == b"B" else worker.FRAME_WRITABLE
+            # A buffer's frame becomes what the result will hold (worker.frame_buffer); an
+            # outcome is only read (``pickle.loads``): bytes, filled in place.
+            flag = message[1:2] if kind == b"B" else worker.FRAME_READONLY
             self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head, flag)))
         else:
             self.on_message(w, kind + (await stdout.readexactly(size - 1) if size > 1 else b""))
