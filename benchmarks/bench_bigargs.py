@@ -108,10 +108,15 @@ def main() -> None:
                         f"UserKnownHostsFile={raw['RF_SSH_KNOWN_HOSTS']}", "-o", "BatchMode=yes",
                         f"{user}@{host}", "rm", "-f", f"/tmp/bench-bigargs-{os.getpid()}"],
                        check=False)
-    print("\nsummary (median MiB/s; RSS growth over the run):")
+    print("\nsummary (median MiB/s [range]; each round's rate / that round's scp; RSS):")
     speed = {k: statistics.median(r[4] for r in rows if r[0] == k) for k in ("len", "echo", "scp")}
+    scp_of = {r[1]: r[4] for r in rows if r[0] == "scp"}
     for kind, value in speed.items():
-        print(f"  {kind:5} {value:7.1f} MiB/s  ({value / speed['scp']:.0%} of scp)")
+        rates = [r[4] for r in rows if r[0] == kind]
+        ratios = [r[4] / scp_of[r[1]] for r in rows if r[0] == kind]
+        print(f"  {kind:5} {value:7.1f} MiB/s [{min(rates):.0f}-{max(rates):.0f}]  "
+              f"({value / speed['scp']:.0%} of scp; per round: median "
+              f"{statistics.median(ratios):.0%} [{min(ratios):.0%}-{max(ratios):.0%}])")
     print(f"  RSS: baseline {baseline:.0f} MiB, end {rss_mib():.0f} MiB, "
           f"peak after a call {max(r[3] for r in rows):.0f} MiB")
 

@@ -422,6 +422,7 @@ class Engine:
             max_concurrent=job.grant,
             initializer=self._initializer,
             sys_path=self._sys_path,
+            out_of_band=self.transport.out_of_band,
         )
         try:
             handle = await self.transport.submit(spec)

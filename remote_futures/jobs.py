@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 from .resources import Resources
 
@@ -17,9 +18,11 @@ __all__ = [
     "JobHandle",
     "JobSpec",
     "JobStatus",
+    "Pickled",
     "TaskSpec",
     "TaskState",
     "TaskStatus",
+    "buffers_of",
 ]
 
 
@@ -57,9 +60,36 @@ class TaskStatus:
     signal: int | None = None
 
 
+class Pickled(bytes):
+    """A pickle whose large buffers travel beside it (protocol 5, out of band), in order:
+    a pickled call, a task payload, an outcome. It is the pickle's ``bytes``, so it goes
+    wherever bytes go; whoever sends or stores it must carry ``buffers`` too (a pickle sent
+    without them cannot be loaded). The buffers are views of the caller's objects, not
+    copies of them."""
+
+    buffers: tuple[Any, ...] = ()
+
+    @staticmethod
+    def of(data: bytes, buffers: Any) -> bytes:
+        """``data``, with ``buffers`` if there are any (plain bytes otherwise)."""
+        buffers = tuple(buffers)
+        if not buffers:
+            return data
+        made = Pickled(data)
+        made.buffers = buffers
+        return made
+
+
+def buffers_of(data: bytes) -> tuple[Any, ...]:
+    """The buffers that travel beside ``data`` (none for plain bytes)."""
+    return data.buffers if isinstance(data, Pickled) else ()
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """One array task: its input payload (the ``task-<i>.in`` file) and the calls it runs."""
+    """One array task: its input payload (the ``task-<i>.in`` file) and the calls it runs.
+    For a transport that takes buffers beside the payload (``Transport.out_of_band``), the
+    payload may be :class:`Pickled`."""
 
     index: int
     payload: bytes

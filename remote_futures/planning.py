@@ -89,8 +89,10 @@ def encode_job(
     max_concurrent: int | None,
     initializer: bytes | None,
     sys_path: Sequence[str],
+    out_of_band: bool = False,
 ) -> JobSpec:
-    """Number the job's calls and tasks, and build the spec a transport submits."""
+    """Number the job's calls and tasks, and build the spec a transport submits
+    (``out_of_band``: the transport takes large buffers beside the payloads)."""
     counter = 0
     specs = []
     code = job.code
@@ -109,6 +111,7 @@ def encode_job(
             initializer=initializer,
             sys_path=sys_path,
             code=code.name if code is not None else None,
+            out_of_band=out_of_band,
         )
         specs.append(TaskSpec(position, payload, tuple(index for index, _ in entries)))
     job.unsettled = counter

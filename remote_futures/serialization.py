@@ -1,13 +1,19 @@
 """Pickling calls going out and decoding outcomes coming back (client side).
 
 Calls are pickled with cloudpickle in the caller's thread, so an unpicklable function or argument
-fails at ``submit``. For transports whose remote side cannot import the caller's own modules, those
-modules (the script, a module beside it, a test module) are pickled *by value*; installed
-distributions and the standard library travel by reference.
+fails at ``submit``. Large buffers in a call (``bytes``, ``bytearray``, memoryviews, numpy arrays)
+are not copied into its pickle: they travel beside it (:class:`~remote_futures.jobs.Pickled`,
+see ``worker.dumps_value``), sent as they are by the transports that can (warm ``ssh`` workers)
+and written into the task's file once by the others.
+
+For transports whose remote side cannot import the caller's own modules, those modules (the
+script, a module beside it, a test module) are pickled *by value*; installed distributions
+and the standard library travel by reference.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -32,7 +38,7 @@ from .errors import (
     RemoteTraceback,
     SerializationError,
 )
-from .jobs import CodeBundle
+from .jobs import CodeBundle, Pickled, buffers_of
 
 __all__ = [
     "CallPickler",
@@ -80,22 +86,65 @@ class CallPickler:
         except Exception as exc:
             raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
         self._buffer = io.BytesIO()
-        self._pickler = cloudpickle.Pickler(self._buffer, protocol=cloudpickle.DEFAULT_PROTOCOL)
+        self._found: list[pickle.PickleBuffer] = []
+        # The callback holds the list, not this object: a cycle through the pickler would
+        # keep the last call's arguments (in its memo) until a garbage collection.
+        self._pickler = cloudpickle.Pickler(
+            self._buffer,
+            protocol=cloudpickle.DEFAULT_PROTOCOL,
+            buffer_callback=functools.partial(_collect, self._found),
+        )
 
     def dumps(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
-        """One call of the function, as the worker unpickles it: ``(fn, args, kwargs)``."""
+        """One call of the function, as the worker unpickles it: ``(fn, args, kwargs)``; a
+        :class:`~remote_futures.jobs.Pickled` if large buffers travel beside the pickle."""
+        call = (self._fn, tuple(args), dict(kwargs))
+        # Arguments of none of the types that may hold a large buffer (numbers, strings...):
+        # told at C speed, the common case of a map of small calls.
+        if not (worker.SCANNED_TYPES.isdisjoint(map(type, call[1]))
+                and worker.SCANNED_TYPES.isdisjoint(map(type, call[2].values()))
+                ) and worker.holds_buffers(call[1:]):
+            return self._dumps_with_buffers(call)
         # One pickler for all the calls (its memo cleared each time): building a cloudpickle
         # Pickler costs more than pickling a small call. Not thread-safe, as a CallPickler
         # serves one submit or one map.
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
-        self._pickler.clear_memo()
         try:
-            self._pickler.dump((self._fn, tuple(args), dict(kwargs)))
+            self._pickler.dump(call)
+        except Exception as exc:
+            self._found.clear()
+            raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
+        finally:
+            # The memo refers to what was pickled: the arguments must not outlive the call.
+            self._pickler.clear_memo()
+        found = tuple(self._found)
+        self._found.clear()
+        return Pickled.of(buffer.getvalue(), found)
+
+    def _dumps_with_buffers(self, call: tuple[Any, ...]) -> bytes:
+        try:
+            data, found = worker.dumps_value(call, True, snapshot=True)
         except Exception as exc:
             raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
-        return buffer.getvalue()
+        return Pickled.of(data, found)
+
+
+def _collect(found: list[pickle.PickleBuffer], buffer: pickle.PickleBuffer) -> bool:
+    """A protocol-5 buffer (a numpy array's): out of band if large (copied unless it is a
+    ``bytes``'s, so that a change after ``submit`` does not reach the call)."""
+    try:
+        view = buffer.raw()
+    except BufferError:
+        return True  # not contiguous: pickle decides
+    if view.nbytes < worker.OUT_OF_BAND_BYTES:
+        return True
+    if not worker.immutable(view):
+        # Copied, keeping its kind (read-only or not: what the unpickled object will be).
+        buffer = pickle.PickleBuffer(bytes(view) if view.readonly else bytearray(view))
+    found.append(buffer)
+    return False
 
 
 def dumps_initializer(
@@ -118,18 +167,46 @@ def encode_task(
     initializer: bytes | None = None,
     sys_path: Sequence[str] = (),
     code: str | None = None,
+    out_of_band: bool = False,
 ) -> bytes:
     """The ``task-<i>.in`` envelope: the calls, the initializer, the client's Python version,
-    and where the caller's code is (``sys_path`` entries, or a code bundle's name)."""
-    envelope = {
+    and where the caller's code is (``sys_path`` entries, or a code bundle's name).
+
+    A call with buffers beside its pickle (:class:`~remote_futures.jobs.Pickled`) is entered
+    as ``(index, pickle, number of buffers)``. With ``out_of_band`` the envelope is a
+    ``Pickled`` too, carrying all of the task's buffers in order; without, they are written
+    into the envelope (``buffers``), each once, straight from the caller's memory."""
+    entries: list[tuple[Any, ...]] = []
+    buffers: list[Any] = []
+    for index, blob in calls:
+        found = buffers_of(blob)
+        if found:
+            # The pickle as plain bytes (small: its buffers are apart): the remote side
+            # knows no Pickled.
+            entries.append((index, bytes(blob), len(found)))
+            buffers += found
+        else:
+            entries.append((index, blob))
+    envelope: dict[str, Any] = {
         "format": worker.FORMAT,
         "python": list(sys.version_info[:2]),
-        "calls": list(calls),
+        "calls": entries,
         "initializer": initializer,
         "sys_path": list(sys_path),
         "code": code,
     }
+    if out_of_band:
+        return Pickled.of(pickle.dumps(envelope, protocol=worker.ENVELOPE_PROTOCOL), buffers)
+    if buffers:
+        envelope["buffers"] = [_in_band(buffer) for buffer in buffers]
+        return pickle.dumps(envelope, protocol=5)
     return pickle.dumps(envelope, protocol=worker.ENVELOPE_PROTOCOL)
+
+
+def _in_band(buffer: Any) -> pickle.PickleBuffer:
+    # A PickleBuffer is written into a protocol-5 pickle from its memory, as bytes (read-only)
+    # or a bytearray (writable): what the call's pickle expects back.
+    return buffer if isinstance(buffer, pickle.PickleBuffer) else pickle.PickleBuffer(buffer)
 
 
 def decode_outcome(data: bytes) -> tuple[bool, Any]:
@@ -147,7 +224,8 @@ def decode_outcome(data: bytes) -> tuple[bool, Any]:
         return False, SerializationError(f"corrupt outcome file: {exc!r}")
     if kind == worker.VALUE:
         try:
-            return True, cloudpickle.loads(envelope["value"])
+            # The result's large buffers came beside the outcome (a warm worker's frames).
+            return True, worker.BufferUnpickler(envelope["value"], buffers_of(data)).load()
         except BaseException as exc:
             return False, SerializationError(f"cannot unpickle the call's result locally: {exc!r}")
     if kind == worker.EXCEPTION:

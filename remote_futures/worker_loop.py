@@ -9,14 +9,21 @@ package): the envelope format and the call runner's helpers come from ``worker.p
 
 Messages on the connection (``Connection.send_bytes``), each one frame::
 
-    parent -> worker   b"X" + key(8) + task payload     run a task (a ``task-<i>.in`` envelope)
+    parent -> worker   b"B" + flag(1) + bytes            a buffer of the task that follows
+                       b"X" + key(8) + task payload     run a task (a ``task-<i>.in`` envelope)
                        b"K" + key(8)                     skip that task if not started yet
                        b"Q"                              exit once idle
     worker -> parent   b"H" + pid(8)                     hello, once
+                       b"B" + flag(1) + bytes            a buffer of the outcome that follows
                        b"C" + index(8) + outcome         one call's outcome envelope
                        b"D" + key(8) + index(8) + outcome  the task's last call; the task ended
                        b"T" + key(8)                     the task ended (skipped)
                        b"O" + bytes                      what a call printed (remote hosts)
+
+``B`` frames (on a host's stream channel only) carry the large buffers of a call or a result
+beside its pickle (``worker.dumps_value``): written from the sender's memory as they are, read
+into a buffer of their own size (a ``bytes`` for a read-only one: flag ``r``; a ``bytearray``
+otherwise: ``w``), never copied into a pickle or out of one.
 
 Tasks run in the order they were sent, so the parent knows which one a worker is running (the
 oldest it sent and has not heard the end of) without being told.
@@ -82,10 +89,23 @@ class _Functions:
 
 
 class _CallUnpickler(pickle.Unpickler):
-    """Unpickles a call; the function inside it (``pickle.loads(<bytes>)``, as the client
-    embeds it) comes from the per-worker cache."""
+    """Unpickles a call, with the buffers that came beside it; the function inside it
+    (``pickle.loads(<bytes>)``, as the client embeds it) comes from the per-worker cache."""
 
     functions = _Functions()
+
+    def __init__(self, blob: Any, buffers: Any, proto: types.ModuleType) -> None:
+        super().__init__(io.BytesIO(blob), buffers=buffers)
+        self._proto = proto
+        self._rebuilt: dict[int, tuple[Any, Any]] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        found = self._rebuilt.get(id(pid))
+        if found is not None and found[0] is pid:
+            return found[1]
+        value = self._proto.rebuild_buffer(pid)
+        self._rebuilt[id(pid)] = (pid, value)
+        return value
 
     def find_class(self, module: str, name: str) -> Any:
         if name == "loads" and module in ("_pickle", "pickle"):
@@ -93,15 +113,21 @@ class _CallUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def run_call(blob: bytes, proto: types.ModuleType) -> dict[str, Any]:
-    """Run one pickled call; its outcome envelope (as ``worker.py`` writes it)."""
+def run_call(
+    blob: bytes, proto: types.ModuleType, buffers: Any = (), out_of_band: list[Any] | None = None
+) -> dict[str, Any]:
+    """Run one pickled call (``buffers``: those that came beside it); its outcome envelope (as
+    ``worker.py`` writes it). Given ``out_of_band``, the result's large buffers are appended
+    to it instead of being copied into the envelope (the envelope says how many)."""
     import cloudpickle
 
     try:
-        fn, args, kwargs = _CallUnpickler(io.BytesIO(blob)).load()
+        fn, args, kwargs = _CallUnpickler(blob, buffers, proto).load()
     except BaseException as exc:
         result: dict[str, Any] = proto._unpickle_error(exc)
         return result
+    # The call's arguments are its own now: the frames they were read into go with them.
+    del blob, buffers
     try:
         value = fn(*args, **kwargs)
     except BaseException as exc:
@@ -119,7 +145,10 @@ def run_call(blob: bytes, proto: types.ModuleType) -> dict[str, Any]:
             "traceback": tb,
         }
     try:
-        return {"format": proto.FORMAT, "kind": proto.VALUE, "value": cloudpickle.dumps(value)}
+        data, found = proto.dumps_value(value, out_of_band is not None)
+        if out_of_band is not None:
+            out_of_band += found
+        return {"format": proto.FORMAT, "kind": proto.VALUE, "value": data, "buffers": len(found)}
     except BaseException as exc:
         error: dict[str, Any] = proto._error(
             proto.PICKLE_RESULT,
@@ -172,16 +201,22 @@ def serve(
             )
         finally:
             _flush()
-    pending: collections.deque[tuple[bytes, memoryview]] = collections.deque()
+    pending: collections.deque[tuple[bytes, memoryview, list[bytearray]]] = collections.deque()
     skipped: set[bytes] = set()
     envelope_initializer_done = False
     checked_environment = False
+    # A host's channel takes buffers beside the pickles (B frames); a local pipe does not.
+    streams = isinstance(conn, _StreamChannel)
 
     def take(message: bytes) -> bool:
         kind = bytes(message[:1])
         if kind == b"X":
-            # The payload as a view of the message: slicing it would copy it.
-            pending.append((bytes(message[1 : 1 + _KEY]), memoryview(message)[1 + _KEY :]))
+            # The payload as a view of the message: slicing it would copy it. The buffers
+            # read since the previous task are this one's.
+            frames = conn.take_frames() if streams else []
+            pending.append(
+                (bytes(message[1 : 1 + _KEY]), memoryview(message)[1 + _KEY :], frames)
+            )
         elif kind == b"K":
             skipped.add(bytes(message[1 : 1 + _KEY]))
         elif kind == b"Q":
@@ -197,7 +232,7 @@ def serve(
                     return
         except (EOFError, OSError):
             return  # the parent went away
-        key, payload = pending.popleft()
+        key, payload, frames = pending.popleft()
         if key in skipped:
             skipped.discard(key)
             conn.send_bytes(b"T" + key)
@@ -231,10 +266,18 @@ def serve(
                 failure = problem = proto._error(
                     proto.INITIALIZER, f"the initializer raised {exc!r}", traceback.format_exc()
                 )
-        calls = envelope["calls"]
-        blob = b""
-        for position, (index, blob) in enumerate(calls):
-            outcome = problem if problem is not None else run_call(blob, proto)
+        # Each call's pickle and buffers are dropped as it starts running (popped), so that
+        # a call's arguments live only as long as the call holds them.
+        calls = list(proto.task_calls(envelope, frames))
+        del envelope, frames
+        calls.reverse()
+        last = len(calls) - 1
+        position = 0
+        while calls:
+            index, blob, buffers = calls.pop()
+            out: list[Any] | None = [] if streams else None
+            outcome = problem if problem is not None else run_call(blob, proto, buffers, out)
+            del blob, buffers
             _flush()
             if captured_stdout is not None:
                 printed = _take(captured_stdout)
@@ -242,15 +285,17 @@ def serve(
                     conn.send_bytes(b"O" + printed)
             data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
             del outcome
+            for buffer in out or ():
+                _send(conn, b"B" + proto.frame_flag(buffer), buffer)
+            del out
             # The last call's outcome also says the task is done: one message, not two.
-            head = b"D" + key if position == len(calls) - 1 else b"C"
+            head = b"D" + key if position == last else b"C"
             _send(conn, head + index.to_bytes(_KEY, "big"), data)
             del data
-        # Nothing of the task stays while the worker waits for the next one.
-        del envelope, calls, blob
+            position += 1
 
 
-def _send(conn: Any, head: bytes, body: bytes) -> None:
+def _send(conn: Any, head: bytes, body: Any) -> None:
     """Send ``head + body`` as one message, without joining them where the channel can write
     them one after the other."""
     if isinstance(conn, _StreamChannel):
@@ -286,35 +331,69 @@ class _StreamChannel:
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read = read_fd
         self._write = write_fd
+        #: The bodies of the B frames read since the last :meth:`take_frames`.
+        self._frames: list[Any] = []
+        self._proto: types.ModuleType | None = None
 
     def poll(self, timeout: float) -> bool:
         import select
 
         return bool(select.select([self._read], [], [], timeout)[0])
 
-    def _exactly(self, size: int) -> bytearray:
-        # Read into a buffer of the message's size: no chunks to join into a second copy.
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        done = 0
+    def _into(self, view: memoryview) -> None:
+        """Fill ``view`` from the channel."""
+        done, size = 0, len(view)
         while done < size:
             got = os.readv(self._read, [view[done : done + (16 << 20)]])
             if not got:
                 raise EOFError
             done += got
-        view.release()
+
+    def _exactly(self, size: int) -> bytearray:
+        # Read into a buffer of the message's size: no chunks to join into a second copy.
+        buffer = bytearray(size)
+        with memoryview(buffer) as view:
+            self._into(view)
         return buffer
 
     def recv_bytes(self) -> bytearray:
-        return self._exactly(int.from_bytes(self._exactly(4), "big"))
+        """The next message; a B frame's body is kept apart (:meth:`take_frames`), in a buffer
+        of its own (what the unpickled object will be), and ``b"B"`` returned."""
+        size = int.from_bytes(self._exactly(4), "big")
+        if not size:
+            return bytearray()
+        kind = self._exactly(1)
+        if kind == b"B" and size >= 2:
+            flag = bytes(self._exactly(1))
+            if self._proto is None:
+                self._proto = _load_protocol()
+            body, view = self._proto.frame_buffer(size - 2, flag)
+            try:
+                self._into(view)
+            finally:
+                view.release()
+            self._frames.append(body)
+            return kind
+        message = bytearray(size)
+        message[0] = kind[0]
+        with memoryview(message) as view:
+            self._into(view[1:])
+        return message
+
+    def take_frames(self) -> list[Any]:
+        """The B frames' bodies read since the last call, in order."""
+        frames, self._frames = self._frames, []
+        return frames
 
     def send_bytes(self, data: bytes) -> None:
         self.send_parts(data)
 
-    def send_parts(self, *parts: bytes) -> None:
-        """Write one message, the parts one after the other (never joined)."""
-        views = [memoryview(sum(len(p) for p in parts).to_bytes(4, "big"))]
-        views += [memoryview(p) for p in parts if len(p)]
+    def send_parts(self, *parts: Any) -> None:
+        """Write one message, the parts (bytes-like) one after the other (never joined)."""
+        views = [memoryview(p).cast("B") for p in parts]
+        views = [memoryview(sum(len(v) for v in views).to_bytes(4, "big"))] + [
+            v for v in views if len(v)
+        ]
         while views:
             written = os.writev(self._write, views[:64])
             while written and views:

@@ -31,7 +31,7 @@ import cloudpickle
 
 from .. import worker
 from ..errors import WorkerDiedError
-from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from ..jobs import JobHandle, JobSpec, JobStatus, Pickled, TaskState, TaskStatus, buffers_of
 from ._deltas import take_changes
 from .base import Transport
 
@@ -68,6 +68,8 @@ class _PoolJob:
 def head_size(kind: bytes) -> int:
     """The size of the head of a worker's message of this kind before its body (an outcome),
     or 0 for a message with no body."""
+    if kind == b"B":
+        return 2  # the kind and the flag (see worker.frame_buffer)
     if kind == b"C":
         return 1 + KEY
     if kind == b"D":
@@ -88,6 +90,8 @@ class PoolWorker(abc.ABC):
         self.tail = bytearray()
         #: The pid the worker reported itself (on its own host).
         self.reported_pid: int | None = None
+        #: Buffers (B frames) received for the outcome that follows them.
+        self.inbound: list[bytes] = []
 
     @property
     def running(self) -> int | None:
@@ -100,7 +104,7 @@ class PoolWorker(abc.ABC):
         """The worker's process id (on its host), if known."""
 
     @abc.abstractmethod
-    def send(self, *parts: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
         """Send one message, the concatenation of ``parts``, without blocking for long;
         OSError if the channel is gone. A task's payload is passed as a part of its own, so
         that a channel able to write parts one after the other never copies it."""
@@ -234,7 +238,10 @@ class PoolTransport(Transport):
                 break
             index = job.queue[0]
             payload = job.payloads[index]
-            if w.sent and (len(payload) > AHEAD_MAX_BYTES or len(job.workers) < job.grant):
+            # A payload's buffers go before it, each a frame of its own, sent from where it is.
+            buffers = [memoryview(buffer).cast("B") for buffer in buffers_of(payload)]
+            size = len(payload) + sum(len(buffer) for buffer in buffers)
+            if w.sent and (size > AHEAD_MAX_BYTES or len(job.workers) < job.grant):
                 break  # too big to queue behind a call, or another worker may take it
             job.queue.popleft()
             key = self._next_key = self._next_key + 1
@@ -247,9 +254,13 @@ class PoolTransport(Transport):
             w.sent.append(key)
             w.tasks_taken += 1
             try:
+                for buffer in buffers:
+                    w.send(b"B" + worker.frame_flag(buffer), buffer)
                 w.send(b"X" + key.to_bytes(KEY, "big"), payload)
             except OSError:
                 break  # it died: its exit is reported separately
+            finally:
+                del buffers
         self._unbind_if_done(w)
 
     def _unbind_if_done(self, w: PoolWorker) -> None:
@@ -270,14 +281,24 @@ class PoolTransport(Transport):
         reads an outcome's head (:func:`head_size`) apart from its body passes them apart:
         the body is then kept as it is, not sliced into a copy."""
         kind = message[:1]
+        if kind == b"B":
+            # A buffer of the outcome that follows (see worker_loop).
+            w.inbound.append(message[2:] if body is None else body)
+            return
         if kind == b"C" or kind == b"D":
             start = 1 + KEY if kind == b"D" else 1
             index = int.from_bytes(message[start : start + KEY], "big")
             job = w.job
+            data = message[start + KEY :] if body is None else body
+            if w.inbound:
+                # The envelope as plain bytes (small: the result's buffers are apart).
+                data = Pickled.of(bytes(data), w.inbound)
+                w.inbound = []
             if job is not None and job.handle in self._pool_jobs:
-                job.outcomes[index] = message[start + KEY :] if body is None else body
+                job.outcomes[index] = data
                 job.ready.append(index)
                 self._changed.set()
+            del data
             if kind == b"C":
                 return
             kind = b"T"

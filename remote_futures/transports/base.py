@@ -61,6 +61,10 @@ class Transport(abc.ABC):
     #: and the transport must never run more of its tasks at once. Without it, the core submits
     #: only jobs all of whose tasks it can grant a slot, splitting larger ones.
     supports_throttle: bool = False
+    #: Whether task payloads may come as :class:`~remote_futures.jobs.Pickled`, their large
+    #: buffers beside them (sent as they are, never copied into the payload), and outcomes may
+    #: come back the same way. Otherwise payloads are self-contained bytes.
+    out_of_band: bool = False
 
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options

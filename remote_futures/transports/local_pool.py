@@ -121,13 +121,13 @@ class _LocalWorker(PoolWorker):
         """The process id."""
         return self.process.pid
 
-    def send(self, *parts: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
         """Write one message to the worker's pipe, in order (a pipe message is one buffer:
         the parts are joined). A small one is written here (it
         fits in the pipe); a big one, and whatever follows it while it is being written, by a
         thread: the worker may not read for a while (a slow initializer, a call still
         running), and the event loop must not wait for it."""
-        message = parts[0] if len(parts) == 1 else b"".join(parts)
+        message = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
         with self._send_lock:
             if self._backlog is not None:
                 self._backlog.append(message)

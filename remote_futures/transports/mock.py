@@ -153,8 +153,8 @@ class MockTransport(Transport):
             self._changed.set()
             try:
                 envelope = pickle.loads(state.spec.tasks[index].payload)
-                for call, blob in envelope["calls"]:
-                    outcome = await anyio.to_thread.run_sync(worker._run_call, blob)
+                for call, blob, buffers in worker.task_calls(envelope):
+                    outcome = await anyio.to_thread.run_sync(worker._run_call, blob, buffers)
                     state.outcomes[call] = pickle.dumps(outcome)
                     state.ready.append(call)
                     self._changed.set()

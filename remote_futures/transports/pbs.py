@@ -16,10 +16,11 @@ What differs between the flavors, and why it matters here:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from ..errors import SubmissionError
@@ -123,6 +124,22 @@ def _status(raw: str, exit_status: int | None, exec_codes: dict[int, TaskState])
     return TaskStatus(_LIVE_STATES.get(raw, TaskState.RUNNING), raw)
 
 
+#: PBS Pro's scheduler comment on a queued job it will never start (the request exceeds the
+#: whole complex, a malformed ``select``): ``Can Never Run: Insufficient amount of resource:
+#: ncpus (R: 3 A: 2 T: 2)``. ``Not Running: ...`` is a plain wait.
+_NEVER_RUNS_COMMENT = "Can Never Run"
+
+
+def _with_comment(status: TaskStatus, attrs: Mapping[str, Any]) -> TaskStatus:
+    """A pending job's status with the scheduler's ``comment`` (why it waits) as its reason:
+    ``Q (Not Running: ...)``, shown in the log, or ``Q (Can Never Run: ...)``, which ends it
+    (:meth:`_PBSBase.never_runs`)."""
+    comment = " ".join(str(attrs.get("comment", "")).split())
+    if status.state is not TaskState.PENDING or not comment:
+        return status
+    return dataclasses.replace(status, raw_state=f"{status.raw_state} ({comment})")
+
+
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(str(value).strip())
@@ -192,7 +209,11 @@ class _PBSBase:
         return status_answered(returncode, stderr, unknown_codes=_UNKNOWN_JOB_CODES)
 
     def never_runs(self, status: TaskStatus) -> str | None:
-        """None: a held or queued PBS job may always be released or started later."""
+        """The reason when PBS's scheduler says the job can never run (its comment ``Can
+        Never Run: ...``); None otherwise: a held or queued job may be released or started
+        later."""
+        if f"({_NEVER_RUNS_COMMENT}" in status.raw_state:
+            return status.raw_state
         return None
 
     def _map_ids(self, job_ids: Sequence[str]) -> dict[str, str]:
@@ -264,6 +285,7 @@ class PBSProDialect(_PBSBase):
             tasks = result.setdefault(job_id, {})
             raw = str(attrs.get("job_state", "")).strip()
             status = _status(raw, _int_or_none(attrs.get("Exit_status")), _PBSPRO_EXEC_CODES)
+            status = _with_comment(status, attrs)
             index = match.group("index")
             if index:
                 tasks[int(index)] = status
@@ -376,6 +398,7 @@ class TorqueDialect(_PBSBase):
             status = _status(
                 attrs.get("job_state", "").strip(), _int_or_none(attrs.get("exit_status")), {}
             )
+            status = _with_comment(status, attrs)
             index = match.group("index") or attrs.get("job_array_id", "").strip()
             if index.isdigit():
                 tasks[int(index)] = status
@@ -404,7 +427,9 @@ class TorqueDialect(_PBSBase):
 
 
 _JSON_JOB_KEY = re.compile(r'^\s*"(\d+(?:\[\d*\])?(?:\.[^"]*)?)"\s*:\s*\{')
-_JSON_ATTR = re.compile(r'^\s*"(job_state|Exit_status|array_indices_remaining)"\s*:\s*"?([^",]*)"?')
+_JSON_ATTR = re.compile(
+    r'^\s*"(job_state|Exit_status|array_indices_remaining|comment)"\s*:\s*"?([^",]*)"?'
+)
 
 
 def _pbspro_jobs(stdout: str) -> Iterator[tuple[str, dict[str, Any]]]:

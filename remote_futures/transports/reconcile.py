@@ -22,8 +22,11 @@ the core acts on. The rules, in order:
    ``never_runs_grace``, and the transport cancels it at the scheduler.
 5. A terminal state from the scheduler or from accounting, without an exit file, starts a
    latency window: the task is reported only when the window closes with still no exit file
-   (files written on a compute node reach the login node late). A requeued task (NODE_FAIL,
-   PREEMPTED, then PENDING again) closes its window and is followed, not ended.
+   (files written on a compute node reach the login node late). A task that was killed
+   (``scancel``/``qdel``: CANCELLED, or ended by SIGKILL/SIGTERM such as SGE's exit status 137
+   or PBS's 271) leaves no exit file: its window is ``kill_wait``, only long enough for the
+   results of calls it finished before to arrive. A requeued task (NODE_FAIL, PREEMPTED, then
+   PENDING again) closes its window and is followed, not ended.
 6. A task the live command no longer shows is looked up in accounting after ``missing_grace``;
    if nobody knows it and no exit file appears, it is VANISHED after ``vanish_after`` more.
 """
@@ -31,6 +34,7 @@ the core acts on. The rules, in order:
 from __future__ import annotations
 
 import dataclasses
+import signal
 from collections.abc import Callable, Mapping, Sequence, Set
 
 from ..jobs import TaskState, TaskStatus
@@ -51,6 +55,9 @@ class Rules:
     vanish_after: float = 60.0
     #: A task pending for a reason that can never clear is ended after this.
     never_runs_grace: float = 120.0
+    #: How long a task the scheduler says was killed (cancelled; SIGKILL, SIGTERM) may take
+    #: to show its files (at most ``latency_wait``): no exit file comes from a killed task.
+    kill_wait: float = 5.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -226,7 +233,8 @@ def _window_closed(task: int, memory: JobMemory, now: float, rules: Rules) -> Ta
                 "the scheduler no longer knows the job and it left no exit record",
             )
         return None
-    if now - since < rules.latency_wait:
+    wait = min(rules.kill_wait, rules.latency_wait) if _killed(evidence) else rules.latency_wait
+    if now - since < wait:
         return None
     if evidence.state is TaskState.COMPLETED:
         # e.g. PBS 'C'/'F' or sacct COMPLETED, and still no exit file after the wait: the
@@ -238,3 +246,12 @@ def _window_closed(task: int, memory: JobMemory, now: float, rules: Rules) -> Ta
             signal=evidence.signal,
         )
     return evidence
+
+
+#: Signals a task is ended with when it is killed (scancel, qdel, a node's shutdown).
+_KILL_SIGNALS = frozenset({int(signal.SIGKILL), int(signal.SIGTERM)})
+
+
+def _killed(status: TaskStatus) -> bool:
+    """Whether the scheduler's word says the task was killed (it then writes no exit file)."""
+    return status.state is TaskState.CANCELLED or status.signal in _KILL_SIGNALS

@@ -50,7 +50,7 @@ class _SSHWorker(PoolWorker):
         self._kill = kill
         self._spawn = spawn
         #: Messages waiting for the writer task (one being streamed holds the rest back).
-        self._outbox: collections.deque[tuple[bytes, ...]] = collections.deque()
+        self._outbox: collections.deque[tuple[bytes | memoryview, ...]] = collections.deque()
         self._writing = False
         self._eof = False
 
@@ -59,7 +59,7 @@ class _SSHWorker(PoolWorker):
         """The pid the worker reported on its host."""
         return self.reported_pid
 
-    def send(self, *parts: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
         """Frame one message onto the channel, never blocking: a small one is written at once
         (asyncssh buffers it); a big one, and whatever follows it meanwhile, is streamed by a
         task in slices, each written once its predecessor left (asyncssh copies what it is
@@ -118,6 +118,8 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
 
     name = "ssh"
     Options: ClassVar[type[Any]] = SSHHostOptions
+    # Large buffers of calls and results go over the channel as frames of their own.
+    out_of_band = True
 
     def __init__(self, options: SSHHostOptions, *, max_workers: int) -> None:
         super().__init__(options, max_workers=max_workers)
@@ -233,8 +235,10 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         head = head_size(kind)
         if head and size > head:
             message = kind + await stdout.readexactly(head - 1)
-            # A bytearray serves wherever an outcome is read (``pickle.loads``).
-            self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head)))
+            # A buffer's frame becomes what the result will hold (worker.frame_buffer); an
+            # outcome is only read (``pickle.loads``): bytes, filled in place.
+            flag = message[1:2] if kind == b"B" else worker.FRAME_READONLY
+            self.on_message(w, message, cast(bytes, await _read_into(stdout, size - head, flag)))
         else:
             self.on_message(w, kind + (await stdout.readexactly(size - 1) if size > 1 else b""))
 
@@ -273,12 +277,11 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
         w.process.close()
 
 
-async def _read_into(stream: Any, size: int) -> bytearray:
-    """Read ``size`` bytes into one buffer, a slice at a time: ``readexactly`` would gather
-    every packet of a large message (thousands of small blocks, scattered over the heap,
-    which then stays resident) and join them into a second copy."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+async def _read_into(stream: Any, size: int, flag: bytes) -> Any:
+    """Read ``size`` bytes into one buffer (``worker.frame_buffer``), a slice at a time:
+    ``readexactly`` would gather every packet of a large message (thousands of small blocks,
+    scattered over the heap, which then stays resident) and join them into a second copy."""
+    buffer, view = worker.frame_buffer(size, flag)
     done = 0
     try:
         while done < size:

@@ -3,6 +3,8 @@ recorded real outputs (tests/data)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from dialect_support import assert_golden, data, request
 
@@ -18,6 +20,7 @@ from remote_futures.transports.pbs import (
     is_slurm_torque_wrapper,
     pbs_numeric_id,
 )
+from remote_futures.transports.reconcile import JobMemory, Observation, Rules, reconcile
 
 PRO = PBSProDialect()
 TORQUE = TorqueDialect()
@@ -437,3 +440,66 @@ def test_pbspro_throttle_argv_sets_max_run_subjobs() -> None:
 def test_torque_cannot_raise_a_throttle() -> None:
     assert TORQUE.throttle_argv("123[].server", 5) is None
     assert TorqueDialect(list_subjobs=False).throttle_argv("123", 5) is None
+
+
+# -- a queued job's scheduler comment -------------------------------------------------------
+#
+# PBS Pro's scheduler says why a queued job waits in its ``comment``. The two texts below are
+# the ones OpenPBS's own functional tests expect from it (openpbs/openpbs,
+# test/tests/functional/pbs_allpart.py: test_too_many_ncpus and test_rassn), set on the
+# recorded ``qstat -f -F json`` output of job 1008 turned back into a queued job.
+
+NEVER = "Can Never Run: Insufficient amount of resource: ncpus (R: 3 A: 2 T: 2)"
+WAITS = "Not Running: Insufficient amount of resource: ncpus (R: 2 A: 1 T: 2)"
+
+
+def _queued_1008(comment: str) -> str:
+    document = json.loads(data("pbspro/qstat-f-F-json-1008.json"))
+    attrs = document["Jobs"]["1008.qot-calc0"]
+    attrs["job_state"] = "Q"
+    attrs["comment"] = comment
+    return json.dumps(document, indent=4)
+
+
+def test_pbspro_can_never_run_is_a_pending_reason_that_never_clears() -> None:
+    parsed = PRO.parse_status(_queued_1008(NEVER), ["1008.qot-calc0"])
+    status = parsed["1008.qot-calc0"][None]
+    assert status == TaskStatus(TaskState.PENDING, f"Q ({NEVER})")
+    assert PRO.never_runs(status) == f"Q ({NEVER})"
+    # Reconciliation then ends the job after the grace, and has it deleted.
+    rules = Rules(never_runs_grace=120.0)
+    memory = JobMemory()
+    first = reconcile(Observation([(0,)], parsed["1008.qot-calc0"]), memory, 0.0, rules,
+                      PRO.never_runs)
+    assert first.tasks[0].state is TaskState.PENDING and first.reasons == {f"Q ({NEVER})"}
+    verdict = reconcile(Observation([(0,)], parsed["1008.qot-calc0"]), memory, 120.0, rules,
+                        PRO.never_runs)
+    assert verdict.tasks[0].state is TaskState.FAILED
+    assert "Can Never Run" in verdict.tasks[0].raw_state
+    assert verdict.cancel == {0}
+
+
+def test_pbspro_not_running_is_a_plain_pending_reason() -> None:
+    parsed = PRO.parse_status(_queued_1008(WAITS), ["1008.qot-calc0"])
+    status = parsed["1008.qot-calc0"][None]
+    assert status == TaskStatus(TaskState.PENDING, f"Q ({WAITS})")
+    assert PRO.never_runs(status) is None
+    verdict = reconcile(Observation([(0,)], parsed["1008.qot-calc0"]), JobMemory(), 500.0,
+                        Rules(), PRO.never_runs)
+    assert verdict.tasks[0].state is TaskState.PENDING
+    assert verdict.reasons == {f"Q ({WAITS})"}  # logged
+
+
+def test_pbspro_comment_of_a_running_job_is_not_a_reason() -> None:
+    parsed = PRO.parse_status(data("pbspro/qstat-f-F-json-1008.json"), ["1008.qot-calc0"])
+    assert parsed["1008.qot-calc0"][None] == TaskStatus(TaskState.RUNNING, "R")
+
+
+def test_pbspro_can_never_run_from_json_qstat_cannot_parse() -> None:
+    # The line-by-line reading of invalid JSON (unescaped quotes in Variable_List) sees it too.
+    text = _queued_1008(NEVER).replace('"PBS_O_HOME":"/home/qoot"', '"PBS_O_HOME":"/ho"me"')
+    text = text.replace('"PBS_O_HOME": "/home/qoot"', '"PBS_O_HOME": "/ho"me"')
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    status = PRO.parse_status(text, ["1008"])["1008"][None]
+    assert PRO.never_runs(status) is not None

@@ -141,12 +141,56 @@ def test_scheduler_word_is_richer_than_the_exit_file() -> None:
     assert verdict.tasks[0].exit_code == 143
 
 
-def test_cancelled_by_the_scheduler_ends_after_the_wait() -> None:
+def test_cancelled_by_the_user_ends_after_the_short_kill_wait() -> None:
+    """scancel: no exit file will come, so the task ends after ``kill_wait`` (a few seconds
+    for the results of calls it finished before), not after the 60 s latency wait."""
     live = SLURM.parse_status(data("slurm-22.05/squeue-r-after-scancel-pending.txt"), ["94"])
     memory = JobMemory()
     assert reconcile(Observation(plain(), live["94"]), memory, 0.0, RULES).tasks == {}
-    verdict = reconcile(Observation(plain(), live["94"]), memory, 60.0, RULES)
+    assert reconcile(Observation(plain(), live["94"]), memory, 4.0, RULES).tasks == {}
+    verdict = reconcile(Observation(plain(), live["94"]), memory, RULES.kill_wait, RULES)
     assert verdict.tasks[0] == TaskStatus(TaskState.CANCELLED, "CANCELLED")
+    assert verdict.newly_ended == {0}
+
+
+def test_killed_sge_and_pbs_jobs_end_after_the_kill_wait() -> None:
+    """qdel on SGE (accounting: failed 100, exit status 137) and a Torque job ended by
+    SIGTERM (exit_status 271), as recorded: both end with the scheduler's word after
+    ``kill_wait``."""
+    sge = SGE.parse_final_status(data("sge/qacct-j-3757249-qdel.txt"), ["3757249"])["3757249"]
+    memory = JobMemory()
+    # Gone from qstat: accounting is asked, and answers.
+    assert reconcile(Observation(plain(), {}), memory, 0.0, RULES).tasks == {}
+    assert reconcile(Observation(plain(), {}), memory, 5.0, RULES).lookup
+    memory.final[0] = sge[None]
+    # The window opened when qstat stopped showing it: over once accounting has answered.
+    verdict = reconcile(Observation(plain(), {}), memory, 6.0, RULES)
+    assert verdict.tasks[0] == sge[None] and verdict.tasks[0].state is TaskState.CANCELLED
+    job = "48[].torque01.bcgsc.ca"
+    torque = TorqueDialect().parse_status(data("torque/qstat-f-48-1-array-task.txt"), [job])
+    live = torque[job]
+    memory = JobMemory()
+    calls = array(2)
+    assert reconcile(Observation(calls, live), memory, 0.0, RULES).tasks == {}
+    verdict = reconcile(Observation(calls, live), memory, 5.0, RULES)
+    assert verdict.tasks == {1: TaskStatus(TaskState.FAILED, "C", None, 15)}
+
+
+def test_a_killed_task_keeps_the_results_that_arrive_within_the_kill_wait() -> None:
+    live = SLURM.parse_status(data("slurm-22.05/squeue-r-after-scancel-pending.txt"), ["94"])
+    memory = JobMemory()
+    assert reconcile(Observation(plain(), live["94"]), memory, 0.0, RULES).tasks == {}
+    # Its exit file and outcome show up late: they are the task's own word.
+    late = Observation(plain(), live["94"], exits={0: 0}, outcomes={0})
+    verdict = reconcile(late, memory, 3.0, RULES)
+    assert verdict.tasks[0].state is TaskState.CANCELLED and verdict.tasks[0].exit_code == 0
+    # A latency wait set shorter than the kill wait is the bound.
+    quick = Rules(latency_wait=1.0)
+    memory = JobMemory()
+    assert reconcile(Observation(plain(), live["94"]), memory, 0.0, quick).tasks == {}
+    assert reconcile(Observation(plain(), live["94"]), memory, 1.0, quick).tasks[0].state is (
+        TaskState.CANCELLED
+    )
 
 
 def test_requeue_after_node_fail_is_followed() -> None:
