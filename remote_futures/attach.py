@@ -14,8 +14,11 @@ the Kubernetes and EC2 transports tie their jobs' lifetime to a live client sess
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
+
+import anyio
 
 from .config import ResolvedTarget
 from .core import Engine, RemoteFuture
@@ -34,6 +37,12 @@ from .session import (
 )
 
 __all__ = ["ATTACHABLE", "AttachedSession", "attach_session", "open_session_transport"]
+
+log = logging.getLogger("remote_futures")
+
+#: Seconds an attach waits, when it closes, for released jobs' tasks to end (then their
+#: directories are removed; later, pruning does it).
+_CLEANUP_WAIT = 20.0
 
 #: Transports whose jobs survive their client, and can be attached.
 ATTACHABLE = ("slurm", "pbs", "sge")
@@ -175,7 +184,28 @@ class AttachedSession:
         """Wait for every future (``wait``) and clean up, or detach at once."""
         if not wait:
             self._runtime.end_state = "detached"
+        elif not self._runtime.closed:
+            try:
+                self._runtime.portal.call(self._runtime.engine.wait_idle)
+                self._runtime.portal.call(self._finish_cleanup)
+            except RuntimeError:
+                pass  # the loop already ended
         self._runtime.close(wait_for_work=wait)
+
+    async def _finish_cleanup(self) -> None:
+        """The last outcome of a task is read before the task has quite ended (its exit file
+        comes after): a released job's directory is removed once its tasks have ended. A
+        normal executor leaves the stragglers to pruning; an attach, which exists to clean up
+        after a dead client, waits a little for them (polling only released jobs)."""
+        transport = self._runtime.engine.transport
+        with anyio.move_on_after(_CLEANUP_WAIT):
+            try:
+                while getattr(transport, "_finishing", None):
+                    await transport.poll([])
+                    if getattr(transport, "_finishing", None):
+                        await anyio.sleep(0.5)
+            except Exception as exc:  # only a clean-up: closing goes on
+                log.info("removing the attached jobs' directories failed: %r", exc)
 
 
 def attach_session(session_id: str, overrides: Mapping[str, Any]) -> AttachedSession:
