@@ -197,9 +197,13 @@ class AttachedSession:
         comes after): a released job's directory is removed once its tasks have ended. A
         normal executor leaves the stragglers to pruning; an attach, which exists to clean up
         after a dead client, waits a little for them (polling only released jobs)."""
-        transport = self._runtime.engine.transport
+        engine = self._runtime.engine
+        transport = engine.transport
         with anyio.move_on_after(_CLEANUP_WAIT):
             try:
+                # Futures are settled before their job is released, in the same poll cycle.
+                while engine.active_jobs and engine.broken is None:
+                    await anyio.sleep(0.05)
                 while getattr(transport, "_finishing", None):
                     await transport.poll([])
                     if getattr(transport, "_finishing", None):

@@ -275,6 +275,11 @@ class Engine:
         await self._stopped.wait()
 
     @property
+    def active_jobs(self) -> int:
+        """Submitted (or adopted) jobs not released yet."""
+        return len(self._active)
+
+    @property
     def running(self) -> bool:
         """Whether :meth:`run` is still going (the facade refuses work once it is not)."""
         return not self._stopped.is_set()
