@@ -42,7 +42,7 @@ from .progress import MapProgress, require_tqdm
 from .resources import Resources
 from .retry import RetryPolicy
 from .serialization import CallPickler, dumps_initializer, user_code
-from .session import SessionRecorder, new_session_id
+from .session import SessionRecorder, ledger_enabled, new_session_id
 from .transports import transport_class
 from .transports.base import Transport, build_options
 
@@ -218,7 +218,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         self._transport = _make_transport(resolved, settings.get("max_workers"))
         #: This executor's id in the session ledger (``RemoteExecutor.attach(session_id)``).
         self.session_id: str = new_session_id()
-        self._recorder = SessionRecorder(self.session_id)
+        self._recorder = SessionRecorder(self.session_id, enabled=ledger_enabled())
         self._next_seq = 0
         if (resolved.transport in SCHEDULER_COMMANDS
                 and getattr(self._transport.options, "host", None) is None):

@@ -11,7 +11,8 @@ The file is ``sessions.sqlite3`` in ``$REMOTE_FUTURES_STATE_DIR``, else in the p
 state directory (``~/.local/state/remote-futures`` on Linux). It is opened in WAL mode, and
 written by one background thread per executor that commits whatever accumulated in one
 transaction: the event loop and the caller's thread only append to a queue. A ledger that
-cannot be written (a read-only home) is logged once and never stops an executor.
+cannot be written (a read-only home) is logged once and never stops an executor;
+``REMOTE_FUTURES_LEDGER=off`` turns recording off.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "SessionRecord",
     "SessionRecorder",
     "connect",
+    "ledger_enabled",
     "ledger_path",
     "list_sessions",
     "load_session",
@@ -101,6 +103,15 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 #: ``NAME=value`` (a prologue's ``export TOKEN=...``) with a secret-looking name.
 _ASSIGNMENT = re.compile(r"\b(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>\"[^\"]*\"|'[^']*'|\S+)")
 REDACTED = "<redacted>"
+#: Seconds the writer lets reports gather before a transaction (the most a crash can lose).
+_GATHER = 0.05
+
+
+def ledger_enabled() -> bool:
+    """False when ``$REMOTE_FUTURES_LEDGER`` is ``off`` (or ``0``/``false``/``no``): then
+    executors record nothing, and cannot be attached."""
+    return os.environ.get("REMOTE_FUTURES_LEDGER", "").strip().lower() not in (
+        "off", "0", "false", "no")
 
 
 def state_dir() -> Path:
@@ -307,14 +318,17 @@ class SessionRecorder:
     Each method only appends to a queue; the thread commits whatever accumulated since its
     last commit in one transaction, so a 2000-call ``map`` costs a handful of commits."""
 
-    def __init__(self, session_id: str, path: Path | None = None) -> None:
+    def __init__(
+        self, session_id: str, path: Path | None = None, *, enabled: bool = True
+    ) -> None:
         self.session_id = session_id
         self._path = path or ledger_path()
         self._queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._failed = False
+        #: Disabled, or the file could not be opened: every report is dropped at once.
+        self._failed = not enabled
 
     # --- what the executor and the engine report ----------------------------------------
 
@@ -397,6 +411,10 @@ class SessionRecorder:
             while True:
                 batch = [self._queue.get()]
                 stop = False
+                if batch[0] is not None and batch[0][0] != "flush":
+                    # Let reports gather for a moment: one transaction for a burst, and the
+                    # threads reporting are not made to wait for this one's GIL turns.
+                    time.sleep(_GATHER)
                 while True:
                     try:
                         batch.append(self._queue.get_nowait())
@@ -416,11 +434,18 @@ class SessionRecorder:
         finally:
             conn.close()
 
+    @staticmethod
+    def _settle(conn: sqlite3.Connection, settled: list[tuple[str, str, int]]) -> None:
+        if settled:
+            conn.executemany("UPDATE calls SET state = ? WHERE session_id = ? AND seq = ?",
+                             settled)
+
     def _write(self, conn: sqlite3.Connection, batch: list[tuple[str, Any]]) -> None:
         sid = self.session_id
         now = time.time()
         conn.execute("BEGIN")
         try:
+            settled = [(data[1], sid, data[0]) for kind, data in batch if kind == "settled"]
             for kind, data in batch:
                 if kind == "session":
                     conn.execute(
@@ -447,15 +472,16 @@ class SessionRecorder:
                         ((sid, seq, name, task, index) for seq, task, index in calls
                          if seq >= 0),
                     )
-                elif kind == "settled":
-                    conn.execute("UPDATE calls SET state = ? WHERE session_id = ? AND seq = ?",
-                                 (data[1], sid, data[0]))
                 elif kind == "released":
                     conn.execute("UPDATE jobs SET released = ? WHERE session_id = ? AND "
                                  "name = ?", (now, sid, data))
                 elif kind == "ended":
+                    # Settled calls first: a session is never marked ended with calls open.
+                    self._settle(conn, settled)
+                    settled = []
                     conn.execute("UPDATE sessions SET ended = ?, end_state = ? WHERE "
                                  "session_id = ?", (now, data, sid))
+            self._settle(conn, settled)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
