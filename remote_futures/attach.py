@@ -184,6 +184,9 @@ class AttachedSession:
         """Wait for every future (``wait``) and clean up, or detach at once."""
         if not wait:
             self._runtime.end_state = "detached"
+            # The futures left fail here, but their calls go on running: the ledger must not
+            # record them as failed (a later attach or `jobs` asks the scheduler instead).
+            self._runtime.engine.observer = None
         elif not self._runtime.closed:
             try:
                 self._runtime.portal.call(self._runtime.engine.wait_idle)

@@ -187,6 +187,8 @@ class Engine:
         #: nothing to submit, and stopping early leaves the jobs running (a detach).
         self.prepare_transport = True
         self.cancel_on_stop = True
+        #: Releases in flight (a job directory being removed): shutdown waits for them.
+        self._releasing = 0
 
     # --- called from the facade ---------------------------------------------------------------
 
@@ -276,8 +278,8 @@ class Engine:
 
     @property
     def active_jobs(self) -> int:
-        """Submitted (or adopted) jobs not released yet."""
-        return len(self._active)
+        """Submitted (or adopted) jobs not released yet, or being released."""
+        return len(self._active) + self._releasing
 
     @property
     def running(self) -> bool:
@@ -352,6 +354,10 @@ class Engine:
             for job in list(self._active.values()):
                 if job.unsettled == 0:
                     await self._release(job)
+            # A release the poll loop started (the last outcome was just read) would be
+            # cancelled with it, leaving the job's directory behind: let it finish.
+            while self._releasing:
+                await anyio.sleep(0.02)
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -648,10 +654,13 @@ class Engine:
             self.observer.job_released(job.handle)
         self._return_slots(job)
         self._has_ready.pop(job, None)
+        self._releasing += 1
         try:
             await self.transport.release(job.handle)
         except Exception as exc:
             log.warning("cleaning up job %s failed: %r", job.handle.job_id, exc)
+        finally:
+            self._releasing -= 1
         self._admit()
 
     def _settle_outcome(self, call: Call, data: bytes) -> None:

@@ -74,7 +74,7 @@ def work_dir() -> Iterator[str]:
     name = f".rf-attach-{uuid.uuid4().hex[:8]}"
     yield name
     facts = require_testbed("ssh")
-    for user in (facts.slurm_user, facts.sge_user):
+    for user in (facts.slurm_user, facts.sge_user, facts.pbs_user):
         _ssh(facts, user, f"rm -rf ~/{name}")
 
 
@@ -134,22 +134,25 @@ def test_attach_after_sigkill_on_slurm(state_dir: Path, work_dir: str) -> None:
     assert loaded[0].end_state == "attached"
 
 
-def test_attach_after_sigkill_on_sge(state_dir: Path, work_dir: str) -> None:
-    facts = require_testbed("sge")
-    client, session = _start_client("sge", _options(facts, "sge", work_dir), state_dir)
+@pytest.mark.parametrize("target", ["sge", "pbs"])
+def test_attach_after_sigkill_on_sge_and_pbs(state_dir: Path, work_dir: str, target: str) -> None:
+    facts = require_testbed(target)
+    user = facts.sge_user if target == "sge" else facts.pbs_user
+    client, session = _start_client(target, _options(facts, target, work_dir), state_dir)
     _kill(client)
     loaded = load_session(connect(), session)
     assert loaded is not None
     names = sorted(job.name for job in loaded[1])
     # The job directories show every submission (each job is uploaded to one first).
-    assert _ssh(facts, facts.sge_user, f"ls ~/{work_dir}/jobs").split() == names
+    assert _ssh(facts, user, f"ls ~/{work_dir}/jobs").split() == names
+    assert _ssh(facts, user, f"ls ~/{work_dir}/jobs/*/uncollected").split()  # marked
     with RemoteExecutor.attach(session, cleanup="never") as attached:
         results = _collect(list(attached.futures))
         time.sleep(1)
     _check_results(results)
-    assert _ssh(facts, facts.sge_user, f"ls ~/{work_dir}/jobs").split() == names
+    assert _ssh(facts, user, f"ls ~/{work_dir}/jobs").split() == names
     # Kept (cleanup="never") but collected: no longer marked as waiting for a client.
-    left = _ssh(facts, facts.sge_user, f"ls ~/{work_dir}/jobs/*/uncollected 2>/dev/null")
+    left = _ssh(facts, user, f"ls ~/{work_dir}/jobs/*/uncollected 2>/dev/null")
     assert left.split() == []
 
 

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,29 @@ def test_every_queued_call_is_written(state: Path) -> None:
     conn = sqlite3.connect(state / "sessions.sqlite3")
     assert conn.execute("SELECT COUNT(*) FROM calls WHERE session_id='batched'").fetchone()[0] == (
         2000)
+
+
+def test_shutdown_waits_for_a_release_in_flight(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last outcome read, the poll loop starts releasing the job (removing its
+    directory); a shutdown right then must let that finish, or the directory stays behind
+    (marked uncollected, so never pruned)."""
+    from remote_futures.transports.mock import MockTransport
+
+    finished: list[str] = []
+    original = MockTransport.release
+
+    async def slow_release(self: MockTransport, job: Any) -> None:
+        import anyio
+
+        await anyio.sleep(0.5)
+        await original(self, job)
+        finished.append(job.job_id)
+
+    monkeypatch.setattr(MockTransport, "release", slow_release)
+    with RemoteExecutor("mock", max_workers=1) as ex:
+        assert ex.submit(abs, -5).result() == 5
+    assert len(finished) == 1
+    loaded = load_session(connect(), ex.session_id)
+    assert loaded is not None and loaded[1][0].released is not None
