@@ -288,8 +288,17 @@ async def cancel_session(session_id: str) -> tuple[SessionRecord, list[JobRecord
                 "with its client; there is nothing to cancel"
             )
         transport = open_session_transport(session, {}, forward_output=False)
+        assert isinstance(transport, RemoteTransport)
         async with transport:
             for job in open_jobs:
+                # A cancel marker per task first: a task the scheduler starts anyway skips
+                # its calls, and the directory counts as ended for pruning and `clean`
+                # (tasks cancelled before they started write no exit file).
+                markers = " ".join(
+                    shlex.quote(posixpath.join(job.location, worker.CANCEL_NAME.format(t)))
+                    for t in range(len(job.tasks))
+                )
+                await transport.shell.run(f"touch {markers} 2>/dev/null; true")
                 await transport.cancel(handle_of(job), None)
     conn = connect()
     try:

@@ -88,6 +88,10 @@ def test_jobs_logs_and_cancel_a_dead_clients_session_on_slurm(
     accounted = _ssh(facts, facts.slurm_user, f"sacct -n -X -P -j {job_id} -o State")
     assert "CANCELLED" in accounted
     assert _json(capsys, "jobs")[0]["client"] == "cancelled"
+    # Every task is marked cancelled, so the directory counts as ended (pruning, clean).
+    location = _ssh(facts, facts.slurm_user, f"ls -d ~/{work_dir}/jobs/rf-*").strip()
+    markers = _ssh(facts, facts.slurm_user, f"ls {location}").split()
+    assert {f"task-{t}.cancel" for t in range(6)} <= set(markers)
 
 
 def test_logs_of_an_unknown_session_says_so(
