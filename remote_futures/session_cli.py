@@ -140,7 +140,8 @@ async def _live_counts(
         task = status.tasks.get(call.task)
         if call.call_index in status.ready_calls:
             counts["done"] += 1
-        elif task is not None and task.state.terminal:
+        elif (task is not None and task.state.terminal) or session.end_state == "cancelled":
+            # A cancelled session's calls without an outcome will never have one.
             counts["failed"] += 1
         elif task is not None and task.state is TaskState.RUNNING:
             counts["running"] += 1
