@@ -381,7 +381,7 @@ class SessionRecorder:
         """Wait until what was reported so far is committed (for tests and the CLI)."""
         done = threading.Event()
         self._put("flush", done)
-        if self._thread is not None:
+        if self._thread is not None and not self._failed:
             done.wait(timeout)
 
     # --- the thread -------------------------------------------------------------------------
