@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -35,6 +35,9 @@ from .session import (
     ledger_path,
     load_session,
 )
+
+if TYPE_CHECKING:
+    from .executor import _Runtime
 
 __all__ = ["ATTACHABLE", "AttachedSession", "attach_session", "open_session_transport"]
 
@@ -160,6 +163,10 @@ class AttachedSession:
             call.future.set_exception(OutcomeUnavailableError(
                 f"call {call.seq} of session {self.session_id}: its job is not in the ledger"
             ))
+        self.jobs = [job.handle for job in adopted]
+        self._runtime: _Runtime | None = None
+        if not adopted:
+            return  # every future is settled: nothing to connect to
         engine = Engine(transport)
         engine.prepare_transport = False
         engine.cancel_on_stop = False
@@ -168,7 +175,6 @@ class AttachedSession:
         self._runtime = _Runtime(engine, f"remote_futures-attach-{transport.name}", recorder)
         self._runtime.end_state = "attached"
         self._runtime.portal.call(engine.adopt, adopted)
-        self.jobs = [job.handle for job in adopted]
 
     def __repr__(self) -> str:
         done = sum(f.done() for f in self.futures)
@@ -182,6 +188,8 @@ class AttachedSession:
 
     def close(self, wait: bool = True) -> None:
         """Wait for every future (``wait``) and clean up, or detach at once."""
+        if self._runtime is None:
+            return
         if not wait:
             self._runtime.end_state = "detached"
             # The futures left fail here, but their calls go on running: the ledger must not
@@ -200,6 +208,7 @@ class AttachedSession:
         comes after): a released job's directory is removed once its tasks have ended. A
         normal executor leaves the stragglers to pruning; an attach, which exists to clean up
         after a dead client, waits a little for them (polling only released jobs)."""
+        assert self._runtime is not None
         engine = self._runtime.engine
         transport = engine.transport
         with anyio.move_on_after(_CLEANUP_WAIT):

@@ -213,3 +213,44 @@ def test_shutdown_waits_for_a_release_in_flight(
     assert len(finished) == 1
     loaded = load_session(connect(), ex.session_id)
     assert loaded is not None and loaded[1][0].released is not None
+
+
+def _craft_session(session_id: str, *, pid: int, hostname: str) -> None:
+    """A slurm session in the ledger: call 0 never submitted, call 1 in a collected job."""
+    conn = connect()
+    conn.execute(
+        "INSERT INTO sessions (session_id, target, transport, options, executor, created, "
+        "hostname, pid) VALUES (?, 'slurm', 'slurm', ?, '{}', ?, ?, ?)",
+        (session_id, '{"host": "127.0.0.1", "port": 9}', time.time(), hostname, pid),
+    )
+    conn.execute("INSERT INTO jobs VALUES (?, 'rf-x', '77', '/nowhere/rf-x', '[[0]]', ?, ?)",
+                 (session_id, time.time(), time.time()))
+    conn.execute("INSERT INTO calls VALUES (?, 0, NULL, NULL, NULL, 'queued')", (session_id,))
+    conn.execute("INSERT INTO calls VALUES (?, 1, 'rf-x', 0, 0, 'done')", (session_id,))
+    conn.close()
+
+
+def test_attach_says_which_calls_it_cannot_give(state: Path) -> None:
+    import socket
+
+    from remote_futures import OutcomeUnavailableError
+
+    _craft_session("dead-one", pid=2**22 + 12345, hostname=socket.gethostname())
+    with RemoteExecutor.attach("dead-one") as session:
+        assert len(session.futures) == 2
+        never, collected = (f.exception(timeout=5) for f in session.futures)
+    assert isinstance(never, OutcomeUnavailableError) and "never submitted" in str(never)
+    assert isinstance(collected, OutcomeUnavailableError)
+    assert "collected by its client" in str(collected)
+
+
+def test_attach_refuses_a_session_whose_client_runs(state: Path) -> None:
+    import socket
+
+    from remote_futures import ConfigurationError
+
+    _craft_session("alive-one", pid=os.getpid(), hostname=socket.gethostname())
+    with pytest.raises(ConfigurationError, match="still running in process"):
+        RemoteExecutor.attach("alive-one")
+    with pytest.raises(ConfigurationError, match="no session 'nobody'"):
+        RemoteExecutor.attach("nobody")
