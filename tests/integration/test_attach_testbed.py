@@ -146,6 +146,15 @@ def test_attach_after_sigkill_on_sge_and_pbs(state_dir: Path, work_dir: str, tar
     # The job directories show every submission (each job is uploaded to one first).
     assert _ssh(facts, user, f"ls ~/{work_dir}/jobs").split() == names
     assert _ssh(facts, user, f"ls ~/{work_dir}/jobs/*/uncollected").split()  # marked
+    # Once every task has ended, another executor on the same work directory prunes at its
+    # start, here everything that ended (keep_days=0): not the dead client's uncollected job.
+    deadline = time.monotonic() + 240
+    while len(_ssh(facts, user, f"ls ~/{work_dir}/jobs/*/task-*.exit").split()) < N_CALLS:
+        assert time.monotonic() < deadline, "the tasks did not end"
+        time.sleep(1)
+    time.sleep(2)  # older than the prune's `-mmin +0`
+    RemoteExecutor(target, **_options(facts, target, work_dir), keep_days=0).shutdown()
+    assert _ssh(facts, user, f"ls ~/{work_dir}/jobs").split() == names
     with RemoteExecutor.attach(session, cleanup="never") as attached:
         results = _collect(list(attached.futures))
         time.sleep(1)
