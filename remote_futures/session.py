@@ -44,6 +44,7 @@ __all__ = [
     "SessionRecord",
     "SessionRecorder",
     "connect",
+    "forget_ended",
     "ledger_enabled",
     "ledger_path",
     "list_sessions",
@@ -103,6 +104,9 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 #: ``NAME=value`` (a prologue's ``export TOKEN=...``) with a secret-looking name.
 _ASSIGNMENT = re.compile(r"\b(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>\"[^\"]*\"|'[^']*'|\S+)")
 REDACTED = "<redacted>"
+#: Sessions that ended (shut down, attached, cancelled) longer ago than this are forgotten
+#: when an executor starts writing; sessions whose client died are kept until attached.
+KEEP_ENDED_DAYS = 30.0
 #: Seconds the writer lets reports gather before a transaction (the most a crash can lose).
 _GATHER = 0.05
 
@@ -408,6 +412,10 @@ class SessionRecorder:
                         "session)", self._path, exc)
             return
         try:
+            try:
+                forget_ended(conn, time.time() - KEEP_ENDED_DAYS * 86400)
+            except sqlite3.Error as exc:  # another writer holds the lock: next time
+                log.debug("forgetting old sessions failed: %s", exc)
             while True:
                 batch = [self._queue.get()]
                 stop = False
@@ -486,6 +494,20 @@ class SessionRecorder:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def forget_ended(conn: sqlite3.Connection, before: float) -> None:
+    """Delete sessions that ended before ``before`` (a time), with their jobs and calls."""
+    old = "SELECT session_id FROM sessions WHERE ended IS NOT NULL AND ended < ?"
+    conn.execute("BEGIN")
+    try:
+        conn.execute(f"DELETE FROM calls WHERE session_id IN ({old})", (before,))
+        conn.execute(f"DELETE FROM jobs WHERE session_id IN ({old})", (before,))
+        conn.execute("DELETE FROM sessions WHERE ended IS NOT NULL AND ended < ?", (before,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def mark_session(conn: sqlite3.Connection, session_id: str, end_state: str) -> None:

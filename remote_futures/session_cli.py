@@ -301,11 +301,11 @@ async def cancel_session(session_id: str) -> tuple[SessionRecord, list[JobRecord
                 )
                 await transport.shell.run(f"touch {markers} 2>/dev/null; true")
                 await transport.cancel(handle_of(job), None)
-    conn = connect()
-    try:
-        mark_session(conn, session.session_id, "cancelled")
-    finally:
-        conn.close()
+        conn = connect()
+        try:
+            mark_session(conn, session.session_id, "cancelled")
+        finally:
+            conn.close()
     return session, open_jobs
 
 

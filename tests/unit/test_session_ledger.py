@@ -254,3 +254,47 @@ def test_attach_refuses_a_session_whose_client_runs(state: Path) -> None:
         RemoteExecutor.attach("alive-one")
     with pytest.raises(ConfigurationError, match="no session 'nobody'"):
         RemoteExecutor.attach("nobody")
+
+
+def test_sessions_ended_long_ago_are_forgotten(state: Path) -> None:
+    import socket
+
+    _craft_session("old-ended", pid=1, hostname=socket.gethostname())
+    _craft_session("old-dead", pid=2**22 + 1, hostname=socket.gethostname())
+    conn = connect()
+    long_ago = time.time() - 31 * 86400
+    conn.execute("UPDATE sessions SET created = ?", (long_ago,))
+    conn.execute("UPDATE sessions SET ended = ?, end_state = 'closed' WHERE session_id = "
+                 "'old-ended'", (long_ago,))
+    recorder = SessionRecorder("new")
+    recorder.session_started(target="local", transport="local", options={}, executor={})
+    recorder.close()
+    assert [s.session_id for s in list_sessions(conn)] == ["old-dead", "new"]
+    assert conn.execute("SELECT COUNT(*) FROM calls WHERE session_id = 'old-ended'"
+                        ).fetchone()[0] == 0
+    assert load_session(conn, "old-dead") is not None  # never ended: it may be attached
+
+
+def test_jobs_command_counts_a_local_session_from_the_ledger(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from remote_futures.cli import main
+
+    with RemoteExecutor("local", max_workers=2) as ex:
+        assert list(ex.map(_boom, [0, 1, 3])) == [0, 10, 30]
+        assert isinstance(ex.submit(_boom, 2).exception(), ValueError)
+    assert main(["jobs", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["session_id"], row["client"], row["calls"]) == (ex.session_id, "ended", 4)
+    assert (row["pending"], row["running"], row["done"], row["failed"]) == (0, 0, 3, 1)
+    assert main(["jobs", "local"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["SESSION", "TARGET", "CLIENT", "CALLS"]
+    assert lines[1].split()[:8] == [ex.session_id, "local", "ended", "4", "0", "0", "3", "1"]
+    assert main(["cancel", ex.session_id]) == 0
+    assert "nothing to cancel" in capsys.readouterr().out
+    assert load_session(connect(), ex.session_id)[0].end_state == "closed"  # type: ignore[index]
