@@ -53,7 +53,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[ssh]")
     facts = os.path.join(os.environ.get("RF_TESTBED_DIR", "/tmp/rf-testbed"), "testbed.json")
     scripts = ["benchmarks/bench_local.py", "benchmarks/bench_scale.py",
-               "benchmarks/bench_envsync.py"]
+               "benchmarks/bench_envsync.py", "benchmarks/bench_ledger.py"]
     if os.path.exists(facts):
         # submitit runs on the testbed host as the SLURM user, with the testbed's Python.
         session.run("uv", "pip", "install", "--quiet", "--python",

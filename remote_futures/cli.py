@@ -2,8 +2,9 @@
 
 Subcommands are registered in :data:`COMMANDS` (name -> a function adding its parser), so that
 more can be added without touching the others. Today: ``check TARGET [--option value ...]``
-(can this target run calls? see :mod:`remote_futures.check`), and ``sweep ec2`` and
-``sweep kubernetes``, which remove what executor sessions that died left behind.
+(can this target run calls? see :mod:`remote_futures.check`), ``sweep ec2`` and
+``sweep kubernetes``, which remove what executor sessions that died left behind, and ``jobs``,
+``logs``, ``cancel`` and ``clean`` (see :mod:`remote_futures.session_cli`).
 """
 
 from __future__ import annotations
@@ -87,24 +88,32 @@ def _sweep_kubernetes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
-    from .check import check_target, format_report
-
-    words = list(args.options)
-    as_json = "--json" in words
-    words = [word for word in words if word != "--json"]
+def _option_pairs(words: list[str]) -> dict[str, object] | None:
+    """``--name value`` pairs as executor options; None (after saying why) if malformed."""
     options: dict[str, object] = {}
     while words:
         flag = words.pop(0)
         if not flag.startswith("--") or not words:
             print(f"error: expected --option value pairs, got {flag!r}", file=sys.stderr)
-            return 2
+            return None
         raw = words.pop(0)
         try:  # numbers, true/false and tables (resources) as JSON; anything else is a string
             value: object = json.loads(raw)
         except ValueError:
             value = raw
         options[flag[2:].replace("-", "_")] = value
+    return options
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_target, format_report
+
+    words = list(args.options)
+    as_json = "--json" in words
+    words = [word for word in words if word != "--json"]
+    options = _option_pairs(words)
+    if options is None:
+        return 2
     report = check_target(args.target, options)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
@@ -153,10 +162,121 @@ def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     k8s.set_defaults(run=_sweep_kubernetes)
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from .session_cli import dumps, format_sessions, summarize_sessions
+
+    summaries = anyio.run(lambda: summarize_sessions(args.target, args.limit))
+    if args.json:
+        print(dumps([s.as_dict() for s in summaries]))
+    else:
+        print(format_sessions(summaries))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from .session_cli import dumps, format_logs, read_logs
+
+    logs = anyio.run(lambda: read_logs(args.session, args.call))
+    if args.json:
+        print(dumps([log.as_dict() for log in logs]))
+    else:
+        print(format_logs(logs))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from .session_cli import cancel_session, dumps
+
+    session, jobs = anyio.run(lambda: cancel_session(args.session))
+    if args.json:
+        print(dumps({"session_id": session.session_id,
+                     "cancelled": [job.job_id for job in jobs]}))
+    elif jobs:
+        for job in jobs:
+            print(f"cancelled {session.transport} job {job.job_id} ({job.name})")
+    else:
+        print(f"session {session.session_id} has no uncollected job: nothing to cancel")
+    return 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from .session_cli import dumps, format_clean, plan_clean
+
+    words = list(args.options)
+    flags = {"--json", "--yes", "--uncollected"}
+    given = {word for word in words if word in flags}
+    words = [word for word in words if word not in flags]
+    older = 1.0
+    if "--older-than" in words:
+        at = words.index("--older-than")
+        try:
+            older = float(words[at + 1])
+        except (IndexError, ValueError):
+            print("error: --older-than takes a number of days", file=sys.stderr)
+            return 2
+        del words[at : at + 2]
+    options = _option_pairs(words)
+    if options is None:
+        return 2
+    plan = anyio.run(lambda: plan_clean(
+        args.target, options, older_than_days=older, uncollected="--uncollected" in given,
+        remove="--yes" in given,
+    ))
+    print(dumps(plan.as_dict()) if "--json" in given else format_clean(plan))
+    return 0
+
+
+def _add_sessions(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    jobs = commands.add_parser(
+        "jobs", help="this user's sessions and their jobs (the ledger and the scheduler)",
+        description="List the sessions of the local session ledger (of TARGET, a transport "
+        "or profile), with their calls counted as pending, running, done (an outcome was "
+        "written: a result or a raised exception) and failed (the task ended without one); "
+        "sessions whose results were not all collected are asked of the scheduler.",
+    )
+    jobs.add_argument("target", nargs="?", help="only sessions of this transport or profile")
+    jobs.add_argument("--limit", type=int, default=20, help="the most recent N (0: all)")
+    jobs.add_argument("--json", action="store_true", help="JSON for scripts")
+    jobs.set_defaults(run=_jobs)
+    logs = commands.add_parser(
+        "logs", help="what a session's calls printed (from the remote job directories)",
+        description="Print the captured stdout and stderr of CALL (its number in submission "
+        "order, from 0) of SESSION, or of every call. A task that ran several calls "
+        "(chunksize) holds the output of all of them.",
+    )
+    logs.add_argument("session", help="a session id (a unique prefix is enough)")
+    logs.add_argument("call", nargs="?", type=int, help="the call's number")
+    logs.add_argument("--json", action="store_true", help="JSON for scripts")
+    logs.set_defaults(run=_logs)
+    cancel = commands.add_parser(
+        "cancel", help="cancel a session's jobs on the scheduler",
+        description="Cancel, with the scheduler's own command, every job of SESSION whose "
+        "results were not collected.",
+    )
+    cancel.add_argument("session", help="a session id (a unique prefix is enough)")
+    cancel.add_argument("--json", action="store_true", help="JSON for scripts")
+    cancel.set_defaults(run=_cancel)
+    clean = commands.add_parser(
+        "clean", help="remove old job directories and unused venvs on a target (dry run)",
+        description="List the job directories and venvs in TARGET's work directory and what "
+        "would go: job directories whose tasks all ended, older than --older-than days "
+        "(default 1) and collected (--uncollected: those of dead clients too), never those "
+        "of a session whose client runs; venvs not used since then, not the most recent, "
+        "and run by no job directory. Nothing is removed without --yes. Options as for "
+        "check (--host h --user u ...); --json for scripts.",
+    )
+    clean.add_argument("target", help="a transport (slurm, pbs, sge, ssh-jobs) or a profile")
+    clean.add_argument("options", nargs=argparse.REMAINDER,
+                       help="--option value pairs, --older-than DAYS, --uncollected, --yes, "
+                       "--json")
+    clean.set_defaults(run=_clean)
+
+
 #: Subcommand name -> the function adding its parser (which sets ``run`` on the namespace).
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "check": _add_check,
     "sweep": _add_sweep,
+    "sessions": _add_sessions,
 }
 
 

@@ -42,7 +42,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -63,7 +63,7 @@ from .retry import Attempt, RetryPolicy, annotate, describe_failure
 from .serialization import InitializerFailed, decode_outcome
 from .transports.base import Transport
 
-__all__ = ["Call", "Engine", "RemoteFuture", "Request"]
+__all__ = ["Call", "Engine", "EngineObserver", "RemoteFuture", "Request"]
 
 log = logging.getLogger("remote_futures")
 
@@ -103,6 +103,20 @@ class RemoteFuture(concurrent.futures.Future[T]):
         if hook is not None:
             hook[0].call_cancelled(hook[1])
         return True
+
+
+class EngineObserver(Protocol):
+    """Told what the engine does (the session ledger); called on the loop thread, so each
+    method must only take note and return at once."""
+
+    def job_submitted(self, job: Job, handle: JobHandle) -> None:
+        """The transport started ``job`` (its calls are numbered)."""
+
+    def call_settled(self, call: Call, ok: bool) -> None:
+        """``call``'s future got its result (``ok``) or an exception."""
+
+    def job_released(self, handle: JobHandle) -> None:
+        """Every call of the job was settled; the transport was told to forget it."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -167,6 +181,14 @@ class Engine:
         self._prepare_scope: anyio.CancelScope | None = None
         #: Set once the executor can no longer run work; read by the facade's ``submit``.
         self.broken: BrokenRemoteExecutor | None = None
+        #: Told of submissions, settlements and releases (the session ledger).
+        self.observer: EngineObserver | None = None
+        #: False when re-attaching to jobs a dead client left: no environment to prepare,
+        #: nothing to submit, and stopping early leaves the jobs running (a detach).
+        self.prepare_transport = True
+        self.cancel_on_stop = True
+        #: Releases in flight (a job directory being removed): shutdown waits for them.
+        self._releasing = 0
 
     # --- called from the facade ---------------------------------------------------------------
 
@@ -219,6 +241,30 @@ class Engine:
                 future._rf_hook = None
                 self._on_cancel(call)
 
+    def adopt(self, jobs: Sequence[Job]) -> None:
+        """Take over jobs already running (loop thread): jobs a dead client submitted, with a
+        fresh future per call and a handle naming the job. They are polled, their outcomes
+        fetched and the jobs released as if this engine had submitted them; they hold no
+        task slots (the scheduler admitted them long ago)."""
+        for job in jobs:
+            assert job.handle is not None
+            for task in job.tasks:
+                for call in task.calls:
+                    call.job, call.task = job, task
+                    job.by_index[call.index] = call
+                    future = call.future
+                    if isinstance(future, RemoteFuture):
+                        future._rf_hook = (self, call)
+            job.unsettled = len(job.by_index)
+            job.unended = len(job.tasks)
+            job.grant = 0
+            self._unsettled += job.unsettled
+            self._active[job.handle] = job
+        if self._unsettled > 0 and self._idle.is_set():
+            self._idle = anyio.Event()
+        self._fast_poll = True
+        self._poll_now.set()
+
     async def wait_idle(self) -> None:
         """Wait until every call handed over so far is settled or cancelled."""
         await self._idle.wait()
@@ -229,6 +275,11 @@ class Engine:
         if self._prepare_scope is not None:
             self._prepare_scope.cancel()
         await self._stopped.wait()
+
+    @property
+    def active_jobs(self) -> int:
+        """Submitted (or adopted) jobs not released yet, or being released."""
+        return len(self._active) + self._releasing
 
     @property
     def running(self) -> bool:
@@ -252,7 +303,7 @@ class Engine:
                     # stop() cancels a long preparation (an environment sync): a shutdown
                     # with every call cancelled must not wait for it.
                     with anyio.CancelScope() as self._prepare_scope:
-                        if not self._stop_requested.is_set():
+                        if not self._stop_requested.is_set() and self.prepare_transport:
                             await self.transport.prepare()
                     prepared = not self._prepare_scope.cancel_called
                     self._prepare_scope = None
@@ -295,7 +346,7 @@ class Engine:
                 await self._submitted.wait()
                 self._submitted = anyio.Event()
         for job in list(self._active.values()):
-            if job.unsettled > 0:
+            if job.unsettled > 0 and self.cancel_on_stop:
                 self._cancel_tasks(job, job.tasks)
         with anyio.move_on_after(_CANCEL_GRACE):
             await self._run_cancels()
@@ -303,6 +354,10 @@ class Engine:
             for job in list(self._active.values()):
                 if job.unsettled == 0:
                     await self._release(job)
+            # A release the poll loop started (the last outcome was just read) would be
+            # cancelled with it, leaving the job's directory behind: let it finish.
+            while self._releasing:
+                await anyio.sleep(0.02)
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -448,6 +503,8 @@ class Engine:
         self._submitted.set()
         job.handle = handle
         self._active[handle] = job
+        if self.observer is not None:
+            self.observer.job_submitted(job, handle)
         if job.grant < job.unended:
             self._throttled[job] = None
         log.info("submitted %s job %s (%d task(s), %d at once)", self.transport.describe,
@@ -594,12 +651,17 @@ class Engine:
             return
         self._active.pop(job.handle, None)
         job.released = True
+        if self.observer is not None:
+            self.observer.job_released(job.handle)
         self._return_slots(job)
         self._has_ready.pop(job, None)
+        self._releasing += 1
         try:
             await self.transport.release(job.handle)
         except Exception as exc:
             log.warning("cleaning up job %s failed: %r", job.handle.job_id, exc)
+        finally:
+            self._releasing -= 1
         self._admit()
 
     def _settle_outcome(self, call: Call, data: bytes) -> None:
@@ -641,7 +703,7 @@ class Engine:
 
     def _run_again(self, call: Call, resend: _Resend) -> None:
         """Queue ``call`` as a new request (a new job), its future untouched."""
-        fresh = Call(call.future, resend.blob)
+        fresh = Call(call.future, resend.blob, seq=call.seq)
         del self._resend[call]
         self._resend[fresh] = resend
         log.info(
@@ -659,6 +721,8 @@ class Engine:
         if not call.unsettled:
             return
         future = call.future
+        if self.observer is not None:
+            self.observer.call_settled(call, exception is None)
         self._count_out(call)
         if isinstance(future, RemoteFuture):
             future._rf_hook = None

@@ -15,6 +15,7 @@ __all__ = [
     "BrokenRemoteExecutor",
     "ConfigurationError",
     "JobFailedError",
+    "OutcomeUnavailableError",
     "RemoteEnvironmentError",
     "RemoteFuturesError",
     "RemoteTraceback",
@@ -103,6 +104,11 @@ def _rebuild_job_failed(text: str, state: dict[str, object]) -> JobFailedError:
     Exception.__init__(error, text)
     error.__dict__.update(state)
     return error
+
+
+class OutcomeUnavailableError(RemoteFuturesError):
+    """An attached session cannot give this call's outcome: the call was never submitted
+    before the client died, or its result was collected (and its files removed) already."""
 
 
 class BrokenRemoteExecutor(RemoteFuturesError, concurrent.futures.BrokenExecutor):

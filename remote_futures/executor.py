@@ -26,7 +26,7 @@ import time
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -42,10 +42,14 @@ from .progress import MapProgress, require_tqdm
 from .resources import Resources
 from .retry import RetryPolicy
 from .serialization import CallPickler, dumps_initializer, user_code
+from .session import SessionRecorder, ledger_enabled, new_session_id
 from .transports import transport_class
 from .transports.base import Transport, build_options
 
 __all__ = ["RemoteExecutor", "RemoteFuture"]
+
+if TYPE_CHECKING:
+    from .attach import AttachedSession
 
 T = TypeVar("T")
 
@@ -59,8 +63,14 @@ _interpreter_exiting = False
 class _Runtime:
     """The event-loop thread running one engine, and its orderly end."""
 
-    def __init__(self, engine: Engine, name: str) -> None:
+    def __init__(
+        self, engine: Engine, name: str, recorder: SessionRecorder | None = None
+    ) -> None:
         self.engine = engine
+        #: The session ledger's writer, closed once the loop has stopped.
+        self.recorder = recorder
+        #: How the session ended, for the ledger (``closed``; ``attached`` for an attach).
+        self.end_state = "closed"
         self._cm = anyio.from_thread.start_blocking_portal("asyncio", name=name)
         self.portal = self._cm.__enter__()
         self.loop: asyncio.AbstractEventLoop = self.portal.call(asyncio.get_running_loop)
@@ -131,6 +141,8 @@ class _Runtime:
 
     def _end(self, *exc_info: Any) -> None:
         self.closed = True
+        if self.recorder is not None:
+            self.recorder.close(self.end_state)
         with _runtimes_lock:
             _runtimes.discard(self)
         try:
@@ -168,6 +180,10 @@ class RemoteExecutor(concurrent.futures.Executor):
     needs tqdm (the ``[progress]`` extra).
 
     An executor dropped while work is pending finishes that work, then releases its jobs.
+
+    Each executor has a ``session_id`` and records its calls and jobs in a local ledger
+    (:mod:`remote_futures.session`); after the client process dies, :meth:`attach` collects
+    the results of a batch scheduler session.
     """
 
     def __init__(
@@ -200,6 +216,10 @@ class RemoteExecutor(concurrent.futures.Executor):
         if self._progress:
             require_tqdm()
         self._transport = _make_transport(resolved, settings.get("max_workers"))
+        #: This executor's id in the session ledger (``RemoteExecutor.attach(session_id)``).
+        self.session_id: str = new_session_id()
+        self._recorder = SessionRecorder(self.session_id, enabled=ledger_enabled())
+        self._next_seq = 0
         if (resolved.transport in SCHEDULER_COMMANDS
                 and getattr(self._transport.options, "host", None) is None):
             # No host: this machine is the login node. Say so now if it is not, before a
@@ -225,9 +245,16 @@ class RemoteExecutor(concurrent.futures.Executor):
             sys_path=[] if self._ships_code else list(sys.path),
             retry=retry,
         )
+        self._engine.observer = self._recorder
+        self._recorder.session_started(
+            target=str(target), transport=resolved.transport, options=resolved.options,
+            executor={"max_workers": self._transport.max_workers,
+                      "retries": settings.get("retries") or 0},
+        )
         self._lock = threading.Lock()
         self._shutdown = False
-        self._runtime = _Runtime(self._engine, f"remote_futures-{self._transport.name}")
+        self._runtime = _Runtime(self._engine, f"remote_futures-{self._transport.name}",
+                                 self._recorder)
         # Dropped without shutdown: finish the pending work in the background, then stop (the
         # futures, not the executor, are what the caller still holds).
         self._finalizer = weakref.finalize(self, _Runtime.close_in_background, self._runtime)
@@ -371,8 +398,37 @@ class RemoteExecutor(concurrent.futures.Executor):
             request_tasks.append(calls)
         with self._lock:
             self._check_open()
+            # Numbered under the lock: the ledger's order is the order of hand-over.
+            first = seq = self._next_seq
+            for calls in request_tasks:
+                for call in calls:
+                    call.seq = seq
+                    seq += 1
+            self._next_seq = seq
+            self._recorder.calls_queued(first, seq - first)
             self._runtime.hand_over(Request(request_tasks, resources, coalesce, code))
         return futures
+
+    # --- after a crash ------------------------------------------------------------------------
+
+    @classmethod
+    def attach(cls, session_id: str, **overrides: Any) -> AttachedSession:
+        """Reconnect to the jobs of a session whose client died (a ``SIGKILL``, a reboot),
+        with the options it saved in the session ledger (``overrides`` replace them: a
+        password the ledger never stores, a host that moved).
+
+        Use it as a context manager; its ``futures`` hold one future per call of the
+        session, in submission order: finished calls resolve at once, running ones when
+        they finish, failed ones with their error. Nothing is submitted again. Leaving the
+        block waits for every future, then removes the jobs' directories (per ``cleanup``);
+        leaving it on an exception detaches and leaves unfinished jobs running.
+
+        Works for the batch schedulers (``slurm``, ``pbs``, ``sge``), whose jobs outlive the
+        client; other transports raise :class:`~remote_futures.errors.ConfigurationError`.
+        """
+        from .attach import attach_session
+
+        return attach_session(session_id, overrides)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,9 @@ class Call:
     index: int = -1
     #: True until the core has counted the call's end (settled by the core, or cancelled).
     unsettled: bool = True
+    #: The call's position in its executor's submission order (the session ledger's key);
+    #: -1 when nobody numbered it. A retried call keeps its number.
+    seq: int = -1
 
     def forget(self) -> None:
         """Let go of everything: the future (its result belongs to the caller now), the bytes

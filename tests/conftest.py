@@ -39,6 +39,24 @@ from testbed_facts import executor_options, require_testbed  # noqa: E402
 
 from remote_futures import RemoteExecutor  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_ledger_in_a_temporary_directory() -> Iterator[None]:
+    """Executors made by tests record their sessions in a ledger of the test run, not in the
+    user's own state directory (tests of the ledger point it elsewhere themselves)."""
+    import os
+
+    if os.environ.get("REMOTE_FUTURES_STATE_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="rf-ledger-") as directory:
+        os.environ["REMOTE_FUTURES_STATE_DIR"] = directory
+        try:
+            yield
+        finally:
+            os.environ.pop("REMOTE_FUTURES_STATE_DIR", None)
+
+
 #: ``factory(request) -> RemoteExecutor keyword arguments`` (may include ``"target"``).
 ContractFactory = Callable[[pytest.FixtureRequest], dict[str, Any]]
 

@@ -30,6 +30,7 @@ from .dialect import Dialect, ParsedStatuses, ScriptRequest, render_script
 from .pbs import PBSProDialect, TorqueDialect, detect_pbs_flavor, is_slurm_torque_wrapper
 from .reconcile import JobMemory, Observation, Rules, reconcile, scheduler_done
 from .remote import (
+    UNCOLLECTED,
     PollOutput,
     RemoteOptions,
     RemoteTransport,
@@ -448,9 +449,11 @@ class BatchTransport(RemoteTransport):
         if self._finishing:
             dirs = [handle.location for handle in self._finishing]
             self._finishing.clear()
+            # Those still running were collected all the same: pruning may take them later.
+            collected = " ".join(shlex.quote(posixpath.join(d, UNCOLLECTED)) for d in dirs)
             with anyio.move_on_after(15, shield=True):
                 try:
-                    await self.shell.run(remove_ended_command(dirs))
+                    await self.shell.run(f"{remove_ended_command(dirs)}; rm -f {collected}")
                 except Exception as exc:  # closing anyway; pruning covers what is left
                     log.info("removing finished job directories failed: %r", exc)
         await super().close()

@@ -27,6 +27,7 @@ from ..shell import CommandResult, LocalShell, Shell
 from .base import Transport
 
 __all__ = [
+    "UNCOLLECTED",
     "Listing",
     "PollOutput",
     "RemoteOptions",
@@ -45,6 +46,11 @@ _OUTCOME = re.compile(r"call-(\d+)\.out$")
 _OUTPUT = re.compile(r"task-(\d+)\.(stdout|stderr)$")
 _STARTED = re.compile(r"task-(\d+)\.started$")
 _EXIT = re.compile(r"task-(\d+)\.exit:(-?\d+)$")
+#: A file in a job directory whose outcomes no client has collected yet: created with the job,
+#: gone with the directory (or removed at release with ``cleanup="never"``). Pruning keeps such
+#: directories: a session whose client died can still be attached (``remote-futures clean
+#: --uncollected`` removes them).
+UNCOLLECTED = "uncollected"
 #: Separates a poll's status output from its listing of job directories.
 _MARK = "@@remote_futures-listing@@"
 #: Precedes the status command's exit status (its stderr follows) in a poll's output.
@@ -262,12 +268,16 @@ def resolve_work_dir(option: str | None, home: str) -> str:
 
 def prune_command(jobs_dir: str, keep_days: float) -> str:
     """Remove job directories older than ``keep_days`` whose every task has ended (an exit
-    file, or a cancel marker). A directory's age says nothing about its job: a job may pend
-    or run for weeks with its directory untouched, so age alone never deletes one."""
+    file, or a cancel marker) and whose outcomes were collected (no :data:`UNCOLLECTED`
+    marker: the client of such a job died, and attaching to its session needs them). A
+    directory's age says nothing about its job: a job may pend or run for weeks with its
+    directory untouched, so age alone never deletes one."""
     minutes = int(keep_days * 24 * 60)
+    script = 'for d in "$@"; do [ -e "$d/' + UNCOLLECTED + '" ] || set -- "$@" "$d"; ' \
+        'shift; done; ' + _REMOVE_ENDED
     return (
         f"find {shlex.quote(jobs_dir)} -mindepth 1 -maxdepth 1 -type d -name 'rf-*' "
-        f"-mmin +{minutes} -exec sh -c {shlex.quote(_REMOVE_ENDED)} sh {{}} + 2>/dev/null; true"
+        f"-mmin +{minutes} -exec sh -c {shlex.quote(script)} sh {{}} + 2>/dev/null; true"
     )
 
 
@@ -378,8 +388,10 @@ class RemoteTransport(Transport):
         return job_dir
 
     def unpack_command(self, job_dir: str) -> str:
-        """The command that splits the uploaded bundle into task files."""
-        return f"{self.worker_command(job_dir)} --unpack"
+        """The command that marks the job uncollected and splits the uploaded bundle into
+        task files."""
+        marker = shlex.quote(posixpath.join(job_dir, UNCOLLECTED))
+        return f"touch {marker} && {self.worker_command(job_dir)} --unpack"
 
     @staticmethod
     def listing_command(job_dirs: Sequence[str]) -> str:
@@ -558,3 +570,6 @@ class RemoteTransport(Transport):
             result = await self.shell.run(f"rm -rf {shlex.quote(job.location)}")
             if not result.ok:
                 raise TransportError(f"could not remove {job.location}: {result.stderr.strip()}")
+        else:
+            # Kept, but collected: pruning may remove it once it is old.
+            await self.shell.run(f"rm -f {shlex.quote(posixpath.join(job.location, UNCOLLECTED))}")

@@ -27,6 +27,7 @@ EXPECTED_ALL = [
     "BrokenRemoteExecutor",
     "ConfigurationError",
     "JobFailedError",
+    "OutcomeUnavailableError",
     "RemoteEnvironmentError",
     "RemoteExecutor",
     "RemoteFuture",
