@@ -1,0 +1,145 @@
+"""``pool=True`` on real schedulers: pilot jobs, their deaths, walltimes, idleness, shutdown."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from testbed_facts import executor_options, require_testbed
+
+from remote_futures import JobFailedError, RemoteExecutor, Resources, WorkerDiedError
+
+pytestmark = [pytest.mark.testbed, pytest.mark.timeout(300)]
+
+_USERS = {"slurm": "slurm_user", "sge": "sge_user", "pbs": "pbs_user"}
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def _pool(target: str, **options: Any) -> RemoteExecutor:
+    facts = require_testbed(target)
+    # The testbed's network is loopback only: the relay listens there.
+    return RemoteExecutor(target, pool=True, relay_bind="127.0.0.1",
+                          **{**executor_options(facts, target), **options})
+
+
+def _as_user(target: str, command: str) -> str:
+    facts = require_testbed(target)
+    user = getattr(facts, _USERS[target])
+    done = subprocess.run([*facts.ssh_argv(user), command], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return done.stdout + done.stderr
+
+
+def _pilot_ids(ex: RemoteExecutor) -> list[str]:
+    return [p.job_id for p in ex.transport._pilots.values() if p.job_id]  # type: ignore[attr-defined]
+
+
+def _listed(target: str, ids: list[str]) -> list[str]:
+    """Those of ``ids`` the scheduler's queue still lists."""
+    if target == "sge":
+        out = _as_user(target, "qstat")
+        listed = {line.split()[0] for line in out.splitlines()[2:] if line.split()}
+    else:
+        # The PBS of the testbed is Torque's wrappers over Slurm: squeue sees its jobs.
+        out = _as_user(target, "squeue -h -o %i")
+        listed = {line.strip() for line in out.splitlines()}
+    return [i for i in ids if i.split(".")[0] in listed]
+
+
+@pytest.mark.parametrize("target", ["slurm", "sge", "pbs"])
+def test_map_runs_and_shutdown_leaves_no_pilot_in_the_queue(target: str) -> None:
+    """A map runs on pilots; after shutdown, the scheduler lists none of them (they were
+    cancelled, not left to idle out)."""
+    ex = _pool(target, max_workers=2)
+    with ex:
+        assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
+        assert ex.submit(square, 7).result(timeout=60) == 49
+        ids = _pilot_ids(ex)
+        assert ids
+        assert _listed(target, ids), "the pilots should be in the queue while they serve"
+    deadline = time.monotonic() + 60
+    while _listed(target, ids):
+        assert time.monotonic() < deadline, f"pilots still queued: {_listed(target, ids)}"
+        time.sleep(1)
+
+
+def _wait_running(futures: list[cf.Future[Any]], count: int) -> None:
+    deadline = time.monotonic() + 120
+    while sum(f.running() for f in futures) < count:
+        assert time.monotonic() < deadline, "the calls never started"
+        assert not any(f.done() and f.exception() for f in futures)
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_scancelled_pilot_fails_exactly_the_call_it_ran(retries: int) -> None:
+    """scancel of one of two pilots mid-map: the one call it was running fails with
+    WorkerDiedError (or is run again with retries=1), every other call finishes, the pool
+    starts a replacement pilot."""
+    with _pool("slurm", max_workers=2, retries=retries) as ex:
+        futures = [ex.submit(nap, 2.0) for _ in range(8)]
+        _wait_running(futures, 2)
+        ids = _pilot_ids(ex)
+        assert len(ids) == 2
+        _as_user("slurm", f"scancel {ids[0]}")
+        _, pending = cf.wait(futures, timeout=120)
+        assert not pending
+        died = [f for f in futures if isinstance(f.exception(), WorkerDiedError)]
+        assert len(died) == (0 if retries else 1)
+        assert all(f.result() == 2.0 for f in futures if f not in died)
+        if died:
+            assert ids[0] in str(died[0].exception()) or "died" in str(died[0].exception())
+        assert len(_pilot_ids(ex)) >= 3, "a replacement pilot should have been submitted"
+
+
+def test_pilots_near_their_walltime_are_replaced() -> None:
+    """Workers stop taking calls pilot_margin seconds before their job's walltime and
+    leave; replacements finish the map, and no call fails."""
+    with _pool("slurm", max_workers=2, resources=Resources(walltime="1"),
+               pilot_margin=48.0) as ex:
+        # Each worker may take calls for 12 s; the map needs about 20 s on two workers.
+        results = list(ex.map(nap, [1.0] * 40, chunksize=1))
+        assert results == [1.0] * 40
+        assert len(_pilot_ids(ex)) >= 4, "the first pilots should have been replaced"
+
+
+def test_a_pilot_killed_at_its_walltime_fails_the_call_it_ran() -> None:
+    """A call longer than the pilot's walltime: Slurm kills the pilot (TIMEOUT), the call
+    fails with WorkerDiedError instead of hanging."""
+    with _pool("slurm", max_workers=1, resources=Resources(walltime="1"),
+               pilot_margin=0.0) as ex:
+        future = ex.submit(nap, 200.0)
+        error = future.exception(timeout=200)
+        assert isinstance(error, WorkerDiedError), error
+        assert ex.submit(square, 3).result(timeout=120) == 9  # the pool refilled
+
+
+def test_idle_pilots_leave_and_the_pool_starts_new_ones() -> None:
+    with _pool("slurm", max_workers=2, idle_timeout=2.0) as ex:
+        assert list(ex.map(square, range(4))) == [0, 1, 4, 9]
+        ids = _pilot_ids(ex)
+        deadline = time.monotonic() + 60
+        while _listed("slurm", ids):
+            assert time.monotonic() < deadline, "idle pilots did not leave"
+            time.sleep(1)
+        assert ex.submit(square, 5).result(timeout=120) == 25
+        assert len(_pilot_ids(ex)) > len(ids)
+
+
+def test_a_refused_pilot_fails_the_calls_with_the_schedulers_message() -> None:
+    with _pool("slurm", max_workers=1,
+               resources=Resources(partition="no-such-partition")) as ex:
+        error = ex.submit(square, 2).exception(timeout=60)
+    assert isinstance(error, JobFailedError), error
+    assert "no-such-partition" in str(error) or "partition" in str(error).lower(), error
