@@ -23,6 +23,7 @@ Frames between the relay and the client, both ways::
                       N  "pilot slot"        a worker connected and proved the token
                       D  bytes               what the worker sent
                       E  ""                  its connection closed
+                      S  bytes               what the worker wrote to stderr (from the pilot)
                       X  "code signal"       how its process ended (from the pilot)
     client -> relay   D  bytes               send to the worker
                       K  ""                  kill the worker (through its pilot)
@@ -65,6 +66,8 @@ class _Relay:
         self.conns: dict[int, tuple[socket.socket, queue.Queue[bytes | None], tuple[str, str]]] = {}
         #: (pilot, slot) -> control socket of that worker's pilot process.
         self.controls: dict[tuple[str, str], socket.socket] = {}
+        #: (pilot, slot) -> set when its control connection closed.
+        self.control_done: dict[tuple[str, str], threading.Event] = {}
 
     def emit(self, conn: int, kind: bytes, data: bytes = b"") -> None:
         frame = _HEAD.pack(5 + len(data), conn, kind) + data
@@ -117,23 +120,38 @@ class _Relay:
         threading.Thread(target=self.reader, args=(conn, sock), daemon=True).start()
 
     def control_reader(self, sock: socket.socket, pilot: str, slot: str) -> None:
-        """The pilot reports how its worker ended (``X code signal``) before it leaves."""
-        data = b""
+        """What the pilot reports of its worker: what it wrote to stderr (``S``), as it
+        comes, and how it ended (``X code signal``), last. Control messages are
+        ``kind(1) + length(4) + data``."""
+        done = self.control_done.setdefault((pilot, slot), threading.Event())
+        buffer = b""
         try:
             while True:
-                chunk = sock.recv(256)
+                chunk = sock.recv(65536)
                 if not chunk:
                     break
-                data += chunk
+                buffer += chunk
+                while len(buffer) >= 5:
+                    size = int.from_bytes(buffer[1:5], "big")
+                    if len(buffer) < 5 + size:
+                        break
+                    kind, data, buffer = buffer[:1], buffer[5 : 5 + size], buffer[5 + size :]
+                    conn = self.conn_of(pilot, slot)
+                    if conn is not None and kind in (b"S", b"X"):
+                        self.emit(conn, kind, data)
         except OSError:
             pass
         with self.lock:
             if self.controls.get((pilot, slot)) is sock:
                 del self.controls[(pilot, slot)]
-            conns = [c for c, (_, _, who) in self.conns.items() if who == (pilot, slot)]
-        for line in data.splitlines():
-            if line.startswith(b"X ") and conns:
-                self.emit(conns[0], b"X", line[2:])
+        done.set()
+
+    def conn_of(self, pilot: str, slot: str) -> int | None:
+        with self.lock:
+            for conn, (_, _, who) in self.conns.items():
+                if who == (pilot, slot):
+                    return conn
+        return None
 
     def reader(self, conn: int, sock: socket.socket) -> None:
         try:
@@ -144,8 +162,14 @@ class _Relay:
                 self.emit(conn, b"D", chunk)
         except OSError:
             pass
-        # Give the pilot a moment to report the worker's exit status first.
-        time.sleep(0.2)
+        # The pilot reports the worker's last words and exit status on its control
+        # connection, then closes it: the connection's end is announced after them.
+        with self.lock:
+            who = self.conns[conn][2] if conn in self.conns else None
+        if who is not None:
+            self.control_done.setdefault(who, threading.Event()).wait(2.0)
+            with self.lock:
+                self.control_done.pop(who, None)
         with self.lock:
             found = self.conns.pop(conn, None)
         if found is not None:
@@ -253,18 +277,23 @@ def pilot(address: str, token_file: str, pilot_id: str, slot: str, command: list
     greet = b"RFPILOT1 %s " + token + f" {pilot_id} {slot}\n".encode()
     data = _connect(host, int(port), greet % b"data", deadline)
     data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    control = _connect(host, int(port), greet % b"control", deadline)
+    # The relay answered a moment ago: if it is gone now, so is the client.
+    control = _connect(host, int(port), greet % b"control", time.monotonic() + 5.0)
+    err_read, err_write = os.pipe()
     child = os.fork()
     if child == 0:
         try:
             control.close()
+            os.close(err_read)
             os.dup2(data.fileno(), 0)
             os.dup2(data.fileno(), 1)
+            os.dup2(err_write, 2)
             data.close()
             os.execvp(command[0], command)
         finally:
             os._exit(127)
     data.close()
+    os.close(err_write)
 
     def forward(signum: int, frame: Any) -> None:
         try:
@@ -272,23 +301,38 @@ def pilot(address: str, token_file: str, pilot_id: str, slot: str, command: list
         except OSError:
             pass
 
+    def report(kind: bytes, payload: bytes) -> None:
+        try:
+            control.sendall(kind + len(payload).to_bytes(4, "big") + payload)
+        except OSError:
+            pass
+
+    def relay_stderr() -> bool:
+        """Copy what the worker wrote to stderr to the job's stderr and to the client."""
+        try:
+            chunk = os.read(err_read, 65536)
+        except OSError:
+            chunk = b""
+        if chunk:
+            try:
+                os.write(2, chunk)
+            except OSError:
+                pass
+            report(b"S", chunk)
+        return bool(chunk)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    # A pidfd wakes the wait as soon as the worker exits (Linux 5.3+); else look twice a second.
-    try:
-        exited: list[Any] = [os.pidfd_open(child)]
-    except (AttributeError, OSError):
-        exited = []
     status: int | None = None
+    stderr_open = True
     while status is None:
-        pid, raw = os.waitpid(child, os.WNOHANG)
-        if pid:
-            status = raw
-            break
         try:
-            ready = select.select([control, *exited], [], [], 0.5)[0]
+            watched: list[Any] = [control, err_read] if stderr_open else [control]
+            ready = select.select(watched, [], [], 0.5)[0]
         except InterruptedError:
             continue
+        if err_read in ready:
+            stderr_open = relay_stderr()
         if control in ready:
             try:
                 word = control.recv(16)
@@ -301,12 +345,22 @@ def pilot(address: str, token_file: str, pilot_id: str, slot: str, command: list
                 except OSError:
                     pass
                 status = os.waitpid(child, 0)[1]
+                break
+        if not stderr_open:
+            # The worker closed its stderr: it is exiting (or exited).
+            status = os.waitpid(child, 0)[1]
+            break
+        pid, raw = os.waitpid(child, os.WNOHANG)
+        if pid:
+            status = raw
+    # Its last words, before the exit status (without waiting for a process it left
+    # behind that still holds the pipe).
+    os.set_blocking(err_read, False)
+    while relay_stderr():
+        pass
     code = os.waitstatus_to_exitcode(status)
+    report(b"X", (f"-1 {-code}" if code < 0 else f"{code} 0").encode())
     try:
-        if code < 0:
-            control.sendall(f"X -1 {-code}\n".encode())
-        else:
-            control.sendall(f"X {code} 0\n".encode())
         control.close()
     except OSError:
         pass

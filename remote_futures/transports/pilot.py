@@ -41,6 +41,7 @@ import posixpath
 import secrets
 import shlex
 import struct
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -396,6 +397,15 @@ class PilotTransport(PoolTransport, BatchTransport):
                 self._take_frames(w, data)
         elif kind == b"N":
             self._connected(conn, data)
+        elif kind == b"S":
+            w = self._conns.get(conn)
+            if w is not None:
+                w.keep_tail(data)
+                try:
+                    sys.stderr.write(data.decode(errors="replace"))
+                    sys.stderr.flush()
+                except (OSError, ValueError):
+                    pass
         elif kind == b"X":
             w = self._conns.get(conn)
             if w is not None:

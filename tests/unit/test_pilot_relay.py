@@ -123,10 +123,15 @@ def test_workers_leave_when_the_relay_goes_away(token_file: Path) -> None:
     pilot = subprocess.Popen([
         sys.executable, RELAY, "pilot", "--connect", f"{r.address[0]}:{r.address[1]}",
         "--token-file", str(token_file), "--pilot", "p1", "--slot", "0", "--",
-        "sleep", "600",
+        "sh", "-c", "head -c 4 >&2; exec sleep 600",
     ])
     try:
-        assert r.read()[1] == b"N"
+        conn, kind, _ = r.read()
+        assert kind == b"N"
+        # What the worker writes to stderr reaches the client (through the pilot's control
+        # connection): the worker runs, and nothing but the pilot can end it now.
+        r.send(conn, b"D", b"ping")
+        assert r.read() == (conn, b"S", b"ping")
         assert r.close() == 0
         assert pilot.wait(timeout=20) == 128 + 9
     finally:
