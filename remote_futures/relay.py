@@ -23,7 +23,8 @@ Frames between the relay and the client, both ways::
                       N  "pilot slot"        a worker connected and proved the token
                       D  bytes               what the worker sent
                       E  ""                  its connection closed
-                      S  bytes               what the worker wrote to stderr (from the pilot)
+                      S  bytes               what the worker wrote to stderr and did not
+                                             send itself before it ended (from the pilot)
                       X  "code signal"       how its process ended (from the pilot)
     client -> relay   D  bytes               send to the worker
                       K  ""                  kill the worker (through its pilot)
@@ -279,21 +280,24 @@ def pilot(address: str, token_file: str, pilot_id: str, slot: str, command: list
     data.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     # The relay answered a moment ago: if it is gone now, so is the client.
     control = _connect(host, int(port), greet % b"control", time.monotonic() + 5.0)
-    err_read, err_write = os.pipe()
+    # The worker's stderr is a file: it sends what it printed there after each call, in
+    # order with its outcomes (``--capture-stderr``), and what it printed before dying is read
+    # here, without moving the offset it shares with the worker.
+    import tempfile
+
+    stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 - open for the whole life of the pilot
     child = os.fork()
     if child == 0:
         try:
             control.close()
-            os.close(err_read)
             os.dup2(data.fileno(), 0)
             os.dup2(data.fileno(), 1)
-            os.dup2(err_write, 2)
+            os.dup2(stderr_file.fileno(), 2)
             data.close()
             os.execvp(command[0], command)
         finally:
             os._exit(127)
     data.close()
-    os.close(err_write)
 
     def forward(signum: int, frame: Any) -> None:
         try:
@@ -307,32 +311,24 @@ def pilot(address: str, token_file: str, pilot_id: str, slot: str, command: list
         except OSError:
             pass
 
-    def relay_stderr() -> bool:
-        """Copy what the worker wrote to stderr to the job's stderr and to the client."""
-        try:
-            chunk = os.read(err_read, 65536)
-        except OSError:
-            chunk = b""
-        if chunk:
-            try:
-                os.write(2, chunk)
-            except OSError:
-                pass
-            report(b"S", chunk)
-        return bool(chunk)
-
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # A pidfd wakes the wait as soon as the worker exits (Linux 5.3+); else look twice a second.
+    watched: list[Any] = [control]
+    try:
+        watched.append(os.pidfd_open(child))
+    except (AttributeError, OSError):
+        pass
     status: int | None = None
-    stderr_open = True
     while status is None:
+        pid, raw = os.waitpid(child, os.WNOHANG)
+        if pid:
+            status = raw
+            break
         try:
-            watched: list[Any] = [control, err_read] if stderr_open else [control]
             ready = select.select(watched, [], [], 0.5)[0]
         except InterruptedError:
             continue
-        if err_read in ready:
-            stderr_open = relay_stderr()
         if control in ready:
             try:
                 word = control.recv(16)
@@ -345,19 +341,15 @@ def pilot(address: str, token_file: str, pilot_id: str, slot: str, command: list
                 except OSError:
                     pass
                 status = os.waitpid(child, 0)[1]
-                break
-        if not stderr_open:
-            # The worker closed its stderr: it is exiting (or exited).
-            status = os.waitpid(child, 0)[1]
-            break
-        pid, raw = os.waitpid(child, os.WNOHANG)
-        if pid:
-            status = raw
-    # Its last words, before the exit status (without waiting for a process it left
-    # behind that still holds the pipe).
-    os.set_blocking(err_read, False)
-    while relay_stderr():
-        pass
+    # Its last words (what it printed and had not sent), before its exit status.
+    size = os.fstat(stderr_file.fileno()).st_size
+    last = os.pread(stderr_file.fileno(), min(size, 65536), max(0, size - 65536))
+    if last:
+        try:
+            os.write(2, last)
+        except OSError:
+            pass
+        report(b"S", last)
     code = os.waitstatus_to_exitcode(status)
     report(b"X", (f"-1 {-code}" if code < 0 else f"{code} 0").encode())
     try:

@@ -400,12 +400,7 @@ class PilotTransport(PoolTransport, BatchTransport):
         elif kind == b"S":
             w = self._conns.get(conn)
             if w is not None:
-                w.keep_tail(data)
-                try:
-                    sys.stderr.write(data.decode(errors="replace"))
-                    sys.stderr.flush()
-                except (OSError, ValueError):
-                    pass
+                self._print_stderr(w, data)
         elif kind == b"X":
             w = self._conns.get(conn)
             if w is not None:
@@ -467,6 +462,22 @@ class PilotTransport(PoolTransport, BatchTransport):
                    f"({self.name} state {w.pilot.state})]\n").encode()
         self.worker_exited(w, code, sig)
 
+    def on_message(self, w: PoolWorker, message: bytes, body: bytes | None = None) -> None:
+        """A worker's message; what a call printed to stderr (``E``) is printed here and kept
+        for the worker's error tail."""
+        if message[:1] == b"E":
+            self._print_stderr(w, message[1:])
+            return
+        super().on_message(w, message, body)
+
+    def _print_stderr(self, w: PoolWorker, data: bytes) -> None:
+        w.keep_tail(data)
+        try:
+            sys.stderr.write(data.decode(errors="replace"))
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
     # --- pilots -------------------------------------------------------------------------------
 
     def _retired(self, w: PoolWorker) -> bool:
@@ -500,7 +511,8 @@ class PilotTransport(PoolTransport, BatchTransport):
 
     def _worker_command(self, pilot: _Pilot, slot: int) -> str:
         loop = [self.python, "-u", self._loop_path, "--serve", "--protocol", self.worker_path,
-                "--code-dir", posixpath.join(self.work_dir, worker.CODE_DIR)]
+                "--code-dir", posixpath.join(self.work_dir, worker.CODE_DIR),
+                "--capture-stderr"]
         argv = [self.python, self._relay_path, "pilot", "--connect", self._relay_address,
                 "--token-file", self._token_path, "--pilot", pilot.name, "--slot", str(slot),
                 "--", *loop]

@@ -123,15 +123,14 @@ def test_workers_leave_when_the_relay_goes_away(token_file: Path) -> None:
     pilot = subprocess.Popen([
         sys.executable, RELAY, "pilot", "--connect", f"{r.address[0]}:{r.address[1]}",
         "--token-file", str(token_file), "--pilot", "p1", "--slot", "0", "--",
-        "sh", "-c", "head -c 4 >&2; exec sleep 600",
+        "sh", "-c", "head -c 4; exec sleep 600",
     ])
     try:
         conn, kind, _ = r.read()
         assert kind == b"N"
-        # What the worker writes to stderr reaches the client (through the pilot's control
-        # connection): the worker runs, and nothing but the pilot can end it now.
+        # The worker answers: it runs, and only its pilot can end it now.
         r.send(conn, b"D", b"ping")
-        assert r.read() == (conn, b"S", b"ping")
+        assert r.read() == (conn, b"D", b"ping")
         assert r.close() == 0
         assert pilot.wait(timeout=20) == 128 + 9
     finally:
@@ -177,3 +176,28 @@ def test_the_relay_imports_only_the_standard_library() -> None:
     done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": ""}, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_dying_worker_s_last_words_and_exit_status_come_before_its_end(
+    token_file: Path,
+) -> None:
+    """What the worker wrote to stderr and did not send itself reaches the client (S), then
+    how it ended (X), then the end of its connection (E): in that order, so that the error
+    of the call it ran carries them."""
+    r = _RelayProcess(token_file)
+    pilot = subprocess.Popen([
+        sys.executable, RELAY, "pilot", "--connect", f"{r.address[0]}:{r.address[1]}",
+        "--token-file", str(token_file), "--pilot", "p2", "--slot", "0", "--",
+        "sh", "-c", "head -c 2 >/dev/null; echo last words >&2; exit 3",
+    ], stderr=subprocess.DEVNULL)
+    try:
+        conn, kind, _ = r.read()
+        assert kind == b"N"
+        r.send(conn, b"D", b"go")
+        assert [r.read() for _ in range(3)] == [
+            (conn, b"S", b"last words\n"), (conn, b"X", b"3 0"), (conn, b"E", b""),
+        ]
+        assert pilot.wait(timeout=20) == 3
+    finally:
+        pilot.kill()
+        r.close()
