@@ -418,14 +418,18 @@ class PilotTransport(PoolTransport, BatchTransport):
     def _take_frames(self, w: _PilotWorker, data: bytes) -> None:
         buffer = w.buffer
         buffer += data
-        while len(buffer) >= 4:
-            size = int.from_bytes(buffer[:4], "big")
-            if len(buffer) < 4 + size:
+        # Messages are cut at an offset, and what was read dropped once: a chunk may hold
+        # thousands of small messages.
+        start = 0
+        while len(buffer) - start >= 4:
+            size = int.from_bytes(buffer[start : start + 4], "big")
+            if len(buffer) - start < 4 + size:
                 break
-            message = bytes(buffer[4 : 4 + size])
-            del buffer[: 4 + size]
+            message = bytes(buffer[start + 4 : start + 4 + size])
+            start += 4 + size
             if message:
                 self.on_message(w, message)
+        del buffer[:start]
         if w.sent:
             w.idle_since = None
         elif w.idle_since is None:
