@@ -143,3 +143,21 @@ def test_a_refused_pilot_fails_the_calls_with_the_schedulers_message() -> None:
         error = ex.submit(square, 2).exception(timeout=60)
     assert isinstance(error, JobFailedError), error
     assert "no-such-partition" in str(error) or "partition" in str(error).lower(), error
+
+
+def test_a_pilot_that_can_never_start_fails_the_calls_with_its_job_id_and_reason() -> None:
+    """A pilot pending on DependencyNeverSatisfied: after never_runs_grace it is cancelled
+    and the waiting call fails naming the pilot's job id and the reason (never hangs)."""
+    parent = _as_user("slurm", "sbatch --parsable -o /dev/null --wrap false").strip()
+    deadline = time.monotonic() + 60
+    while "FAILED" not in _as_user("slurm", f"squeue -h -j {parent} -t all -o %T"):
+        assert time.monotonic() < deadline, "the parent job never failed"
+        time.sleep(1)
+    with _pool("slurm", max_workers=1, never_runs_grace=3.0, resources=Resources(
+            job_extra_directives=(f"--dependency=afterok:{parent}",))) as ex:
+        error = ex.submit(square, 2).exception(timeout=120)
+        ids = _pilot_ids(ex)
+    assert isinstance(error, JobFailedError), error
+    assert "DependencyNeverSatisfied" in str(error)
+    assert ids and ids[0] in str(error)
+    assert not _listed("slurm", ids)
