@@ -250,6 +250,7 @@ def serve(bind: str, token_file: str) -> int:
 
 def _connect(host: str, port: int, greeting: bytes, deadline: float) -> socket.socket:
     delay = 0.2
+    refused_deadline = time.monotonic() + 3.0
     while True:
         try:
             sock = socket.create_connection((host, port), timeout=_GREETING_TIMEOUT)
@@ -262,6 +263,13 @@ def _connect(host: str, port: int, greeting: bytes, deadline: float) -> socket.s
                 answer += chunk
             sock.settimeout(None)
             return sock
+        except ConnectionRefusedError:
+            # Nothing listens: the relay is gone (so is its client) and is not coming back;
+            # a moment's grace only for a connection refused in passing.
+            if time.monotonic() > min(deadline, refused_deadline):
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
         except OSError:
             if time.monotonic() > deadline:
                 raise

@@ -211,6 +211,7 @@ class PilotTransport(PoolTransport, BatchTransport):
         self._relay_path = ""
         self._token_path = ""
         self._pilot_count = 0
+        self._warned_resources = False
 
     @property
     def describe(self) -> str:
@@ -345,6 +346,11 @@ class PilotTransport(PoolTransport, BatchTransport):
             await self.shell.makedirs(code_dir)
             await self.shell.write_file(posixpath.join(code_dir, job.code.name), job.code.data)
             self._uploaded_code.add(job.code.name)
+        if job.resources != self.options.resources and not self._warned_resources:
+            self._warned_resources = True
+            log.warning("%s: the calls of a with_resources view run on the pilots, with the "
+                        "executor's resources (pool=True runs every call on the same pilots)",
+                        self.describe)
         return await PoolTransport.submit(self, job)
 
     # --- the relay ----------------------------------------------------------------------------

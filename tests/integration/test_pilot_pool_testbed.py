@@ -161,3 +161,40 @@ def test_a_pilot_that_can_never_start_fails_the_calls_with_its_job_id_and_reason
     assert "DependencyNeverSatisfied" in str(error)
     assert ids and ids[0] in str(error)
     assert not _listed("slurm", ids)
+
+
+_ORPHAN = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from testbed_facts import executor_options, require_testbed
+from remote_futures import RemoteExecutor
+ex = RemoteExecutor("slurm", pool=True, max_workers=2, relay_bind="127.0.0.1",
+                    **executor_options(require_testbed("slurm"), "slurm"))
+assert list(ex.map(abs, range(-3, 3))) == [3, 2, 1, 0, 1, 2]
+print(" ".join(p.job_id for p in ex.transport._pilots.values()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_client_killed_outright_leaves_no_pilot_behind(tmp_path: Any) -> None:
+    """SIGKILL of the client: no shutdown runs, but its SSH connection closes, so does the
+    relay, and every pilot's worker is killed: the pilot jobs end by themselves."""
+    import os
+    import signal
+    import sys
+
+    script = tmp_path / "client.py"
+    script.write_text(_ORPHAN.format(tests=os.path.dirname(os.path.dirname(__file__))))
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        ids = client.stdout.readline().split()
+        assert ids, "the client did not start its pilots"
+        assert _listed("slurm", ids)
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while _listed("slurm", ids):
+        assert time.monotonic() < deadline, f"pilots left behind: {_listed('slurm', ids)}"
+        time.sleep(1)

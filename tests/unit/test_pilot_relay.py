@@ -201,3 +201,22 @@ def test_a_dying_worker_s_last_words_and_exit_status_come_before_its_end(
     finally:
         pilot.kill()
         r.close()
+
+
+def test_a_pilot_whose_relay_is_gone_exits_without_running_its_worker(
+    token_file: Path, tmp_path: Path
+) -> None:
+    """A pilot that starts after its client (and relay) went away finds nothing listening:
+    it gives up instead of holding its allocation, and never starts the worker."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free, and nothing listens once it is closed
+    marker = tmp_path / "worker-ran"
+    pilot = subprocess.run([
+        sys.executable, RELAY, "pilot", "--connect", f"127.0.0.1:{port}",
+        "--token-file", str(token_file), "--pilot", "p1", "--slot", "0", "--",
+        "touch", str(marker),
+    ], capture_output=True, timeout=30, check=False)
+    assert pilot.returncode != 0
+    assert b"ConnectionRefusedError" in pilot.stderr
+    assert not marker.exists()
