@@ -20,7 +20,8 @@ Life of a pilot: it is submitted when calls wait and fewer than ``max_workers`` 
 or are starting; its workers join the pool when they connect. A worker stops taking calls
 ``pilot_margin`` seconds before its job's walltime (``resources.walltime``), leaves once idle,
 and a replacement is started while work remains; a worker idle for ``idle_timeout`` seconds
-leaves. When every worker of a pilot has left, its job ends. At shutdown every pilot job is
+leaves. When every worker of a pilot has left, its job ends. A pilot still pending when no
+call waits any more (others did the work) is cancelled. At shutdown every pilot job is
 cancelled with the scheduler's own command, and the relay's end makes every worker leave.
 
 A pilot that dies (``scancel``, a node failure, its walltime) fails the calls its workers were
@@ -624,6 +625,14 @@ class PilotTransport(PoolTransport, BatchTransport):
                 status = TaskStatus(TaskState.VANISHED, raw_state="no longer listed")
             pilot.state = status.raw_state or status.state.value
             if status.state == TaskState.PENDING:
+                if not pilot.connected_once and not self._waiting_tasks() and not self.closing:
+                    # The work it was submitted for was done by others: it would only start
+                    # to sit idle.
+                    log.debug("%s: pilot job %s no longer needed: cancelling it",
+                              self.describe, pilot.job_id)
+                    self._pilot_gone(pilot, "cancelled: no longer needed")
+                    await self.shell.run(shlex.join(self.dialect.cancel_argv(pilot.job_id)))
+                    continue
                 reason = self.dialect.never_runs(status)
                 if reason is None:
                     pilot.never_runs_since = None
@@ -640,6 +649,10 @@ class PilotTransport(PoolTransport, BatchTransport):
                     pilot.ended_at = now
                 if now - pilot.ended_at >= _END_GRACE or not pilot.workers:
                     await self._pilot_ended(pilot, pilot.state)
+
+    def _waiting_tasks(self) -> int:
+        """Tasks waiting for a worker."""
+        return sum(len(job.queue) for job in self._pool_jobs.values())
 
     async def _pilot_ended(self, pilot: _Pilot, why: str) -> None:
         never_connected = not pilot.connected_once

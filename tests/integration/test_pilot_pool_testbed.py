@@ -198,3 +198,22 @@ def test_a_client_killed_outright_leaves_no_pilot_behind(tmp_path: Any) -> None:
     while _listed("slurm", ids):
         assert time.monotonic() < deadline, f"pilots left behind: {_listed('slurm', ids)}"
         time.sleep(1)
+
+
+def test_pilots_still_pending_when_the_work_is_done_are_cancelled() -> None:
+    """Six pilots for a map on a two-CPU partition: the running ones do the work, and the
+    ones still pending are cancelled instead of starting later to sit idle."""
+    with _pool("slurm", max_workers=6) as ex:
+        assert list(ex.map(nap, [0.5] * 12, chunksize=1)) == [0.5] * 12
+        pilots = list(ex.transport._pilots.values())  # type: ignore[attr-defined]
+        ids = [p.job_id for p in pilots if p.job_id]
+        deadline = time.monotonic() + 60
+        while True:
+            connected = {p.job_id for p in pilots if p.connected_once}
+            extra = [i for i in _listed("slurm", ids) if i not in connected]
+            if not extra:
+                break
+            assert time.monotonic() < deadline, f"pending pilots left queued: {extra}"
+            time.sleep(1)
+        assert len(connected) < len(ids), "every pilot ran: nothing was pending to cancel"
+        assert ex.submit(square, 4).result(timeout=60) == 16
