@@ -119,8 +119,10 @@ def test_a_pilot_killed_at_its_walltime_fails_the_call_it_ran() -> None:
     fails with WorkerDiedError instead of hanging."""
     with _pool("slurm", max_workers=1, resources=Resources(walltime="1"),
                pilot_margin=0.0) as ex:
-        future = ex.submit(nap, 200.0)
-        error = future.exception(timeout=200)
+        future = ex.submit(nap, 300.0)
+        _wait_running([future], 1)  # the pilot may wait in the queue first
+        # Slurm enforces the limit within a minute or two (its check interval, KillWait).
+        error = future.exception(timeout=240)
         assert isinstance(error, WorkerDiedError), error
         assert ex.submit(square, 3).result(timeout=120) == 9  # the pool refilled
 
