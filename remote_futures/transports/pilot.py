@@ -90,6 +90,8 @@ _APPEAR_GRACE = 15.0
 _END_GRACE = 5.0
 #: How long ``prepare`` waits for the relay to listen.
 _RELAY_START = 30.0
+#: How many times a relay that ended is replaced.
+_RELAY_RESTARTS = 3
 
 
 def check_pool_options(options: BatchOptions) -> None:
@@ -213,6 +215,8 @@ class PilotTransport(PoolTransport, BatchTransport):
         self._token_path = ""
         self._pilot_count = 0
         self._warned_resources = False
+        self._relay_restarts = 0
+        self._relay_restarting = False
 
     @property
     def describe(self) -> str:
@@ -380,11 +384,53 @@ class PilotTransport(PoolTransport, BatchTransport):
             log.warning("%s: the pilot relay ended%s", self.describe,
                         f": {said}" if said else "")
             self._relay_ready.set()
-            # Every worker was reached through it: they are lost.
+            # Every worker was reached through it: they are lost (and leave: their pilots
+            # see the relay go). Calls wait while another relay starts, for new pilots.
+            self._relay_restarting = True
             for w in list(self._conns.values()):
                 self._conns.pop(w.conn, None)
-                self.worker_exited(w, None, None)
-            self.fail_waiting(TransportError(f"the pilot relay on {self.shell.label} ended"))
+                self._left(w)
+            if self._group is not None:
+                self._group.start_soon(self._restart_relay)
+
+    async def _restart_relay(self) -> None:
+        """Cancel the pilots of the relay that ended and start another relay (a dropped SSH
+        connection ends the relay with it); after ``_RELAY_RESTARTS`` of them, or if it cannot
+        start, the waiting calls fail."""
+        self._relay_restarts += 1
+        old = [p for p in self._pilots.values() if not p.done]
+        for pilot in old:
+            self._pilot_gone(pilot, "its relay ended")
+        error: BaseException | None = None
+        try:
+            ids = [p.job_id for p in old if p.job_id]
+            if ids:
+                await self.shell.run("; ".join(shlex.join(self.dialect.cancel_argv(i))
+                                               for i in ids) + " 2>/dev/null; true")
+            if self._relay_restarts > _RELAY_RESTARTS:
+                raise TransportError(f"the pilot relay on {self.shell.label} ended "
+                                     f"{self._relay_restarts} times")
+            try:
+                if isinstance(self._relay, asyncio.subprocess.Process):
+                    if self._relay.returncode is None:
+                        self._relay.kill()
+                elif self._relay is not None:
+                    self._relay.close()
+            except Exception:
+                pass
+            self._relay_address = ""
+            self._relay_ready = anyio.Event()
+            self._relay_stderr.clear()
+            await self._start_relay()
+        except Exception as exc:
+            error = exc
+        self._relay_restarting = False
+        if error is not None:
+            log.warning("%s: %s", self.describe, error)
+            self.fail_waiting(error)
+            return
+        self._relay_error = None
+        self.dispatch()
 
     async def _read_relay_stderr(self, stderr: Any) -> None:
         try:
@@ -502,6 +548,8 @@ class PilotTransport(PoolTransport, BatchTransport):
         if self._group is None or self.closing:
             return None
         if self._relay_error is not None:
+            if self._relay_restarting:
+                return None  # new pilots once the new relay listens
             raise TransportError("the pilot relay is gone")
         wanted = sum(min(len(job.queue), max(0, job.grant - len(job.workers)))
                      for job in self._pool_jobs.values())

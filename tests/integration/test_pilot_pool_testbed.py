@@ -219,3 +219,18 @@ def test_pilots_still_pending_when_the_work_is_done_are_cancelled() -> None:
             time.sleep(1)
         assert len(connected) < len(ids), "every pilot ran: nothing was pending to cancel"
         assert ex.submit(square, 4).result(timeout=60) == 16
+
+
+def test_a_relay_that_ends_is_replaced_with_new_pilots() -> None:
+    """The relay's SSH channel closes (as when the connection drops): its pilots' workers
+    leave and their jobs are cancelled; a new relay starts, new pilots take the calls."""
+    with _pool("slurm", max_workers=2, retries=1) as ex:
+        assert list(ex.map(square, range(4))) == [0, 1, 4, 9]
+        old = _pilot_ids(ex)
+        ex._runtime.portal.call(ex.transport._relay.close)  # type: ignore[attr-defined]
+        assert list(ex.map(square, range(10))) == [x * x for x in range(10)]
+        assert set(_pilot_ids(ex)) - set(old), "no new pilot was submitted"
+        deadline = time.monotonic() + 60
+        while _listed("slurm", old):
+            assert time.monotonic() < deadline, f"old pilots left: {_listed('slurm', old)}"
+            time.sleep(1)
