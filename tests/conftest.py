@@ -105,6 +105,7 @@ CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "sge": _remote("sge", "sge"),
     "slurm-pool": _pilot_pool("slurm"),
     "sge-pool": _pilot_pool("sge"),
+    "pbs-pool": _pilot_pool("pbs"),
     "kubernetes": _remote("kubernetes", "kubernetes"),
     "ec2": _ec2,
 }
