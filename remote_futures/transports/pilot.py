@@ -181,6 +181,8 @@ class _PilotWorker(PoolWorker):
 
     def send(self, *parts: bytes) -> None:
         """One worker frame, inside one relay frame."""
+        if parts and parts[0][:1] == b"X":
+            self.idle_since = None  # busy until it has answered every task sent
         size = sum(len(part) for part in parts)
         self.transport.relay_send(self.conn, b"D", size.to_bytes(4, "big"), *parts)
 
@@ -483,9 +485,7 @@ class PilotTransport(PoolTransport, BatchTransport):
             if message:
                 self.on_message(w, message)
         del buffer[:start]
-        if w.sent:
-            w.idle_since = None
-        elif w.idle_since is None:
+        if not w.sent and w.idle_since is None:
             w.idle_since = time.monotonic()
 
     def _connected(self, conn: int, data: bytes) -> None:

@@ -234,3 +234,13 @@ def test_a_relay_that_ends_is_replaced_with_new_pilots() -> None:
         while _listed("slurm", old):
             assert time.monotonic() < deadline, f"old pilots left: {_listed('slurm', old)}"
             time.sleep(1)
+
+
+def test_a_worker_busy_now_and_then_is_not_taken_for_idle() -> None:
+    """idle_timeout counts from the end of a worker's last call, not from its start: a worker
+    that runs a call every 1.5 s for 15 s stays, under an idle_timeout of 4 s."""
+    with _pool("slurm", max_workers=1, idle_timeout=4.0) as ex:
+        for _ in range(10):
+            assert ex.submit(nap, 0.5).result(timeout=120) == 0.5
+            time.sleep(1.0)  # idle, but for less than idle_timeout
+        assert len(_pilot_ids(ex)) == 1, "the worker was retired as idle while in use"
