@@ -90,6 +90,8 @@ _APPEAR_GRACE = 15.0
 _END_GRACE = 5.0
 #: How long ``prepare`` waits for the relay to listen.
 _RELAY_START = 30.0
+#: Seconds between two touches of the executor's pilot directory (kept from pruning).
+_TOUCH_EVERY = 3600.0
 #: How many times a relay that ended is replaced.
 _RELAY_RESTARTS = 3
 
@@ -253,6 +255,13 @@ class PilotTransport(PoolTransport, BatchTransport):
         self._loop_path = await self._upload(Path(worker_loop.__file__).read_bytes(),
                                              "worker_loop")
         self._relay_path = await self._upload(Path(relay.__file__).read_bytes(), "relay")
+        # Directories of executors that went away without closing (their pilots' scripts,
+        # logs and token), once untouched for keep_days: a live executor touches its own.
+        minutes = int(self.options.keep_days * 24 * 60)
+        await self.shell.run(
+            f"find {shlex.quote(posixpath.dirname(self.pilots_dir))} -mindepth 1 -maxdepth 1 "
+            f"-type d -mmin +{minutes} -exec rm -rf {{}} + 2>/dev/null; true"
+        )
         await self.shell.makedirs(self.pilots_dir, mode=0o700)
         self._token_path = posixpath.join(self.pilots_dir, "token")
         await self.shell.write_file(self._token_path, secrets.token_hex(32).encode(), mode=0o600)
@@ -622,11 +631,15 @@ class PilotTransport(PoolTransport, BatchTransport):
 
     async def _watch(self) -> None:
         """Watch the pilots: their scheduler states, walltimes and idle workers."""
+        touched = time.monotonic()
         while not self.closing:
             await anyio.sleep(_WATCH_EVERY)
             try:
                 self._retire_workers()
                 await self._check_pilots()
+                if time.monotonic() - touched > _TOUCH_EVERY:
+                    touched = time.monotonic()
+                    await self.shell.run(f"touch -c {shlex.quote(self.pilots_dir)}")
             except Exception as exc:
                 log.debug("%s: watching pilot jobs failed: %r", self.describe, exc)
 

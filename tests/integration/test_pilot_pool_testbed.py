@@ -244,3 +244,19 @@ def test_a_worker_busy_now_and_then_is_not_taken_for_idle() -> None:
             assert ex.submit(nap, 0.5).result(timeout=120) == 0.5
             time.sleep(1.0)  # idle, but for less than idle_timeout
         assert len(_pilot_ids(ex)) == 1, "the worker was retired as idle while in use"
+
+
+def test_pilot_directories_left_by_a_vanished_client_are_pruned() -> None:
+    """A pilot directory untouched for longer than keep_days (a client that never closed)
+    is removed when an executor starts; a recent one is kept."""
+    base = "~/.remote_futures/pilots"
+    _as_user("slurm", f"mkdir -p {base}/rf-test-old {base}/rf-test-new && "
+                      f"touch -d '10 days ago' {base}/rf-test-old")
+    try:
+        with _pool("slurm", max_workers=1, keep_days=7.0) as ex:
+            assert ex.submit(square, 2).result(timeout=120) == 4
+        listed = _as_user("slurm", f"ls {base}")
+        assert "rf-test-old" not in listed
+        assert "rf-test-new" in listed
+    finally:
+        _as_user("slurm", f"rm -rf {base}/rf-test-old {base}/rf-test-new")
