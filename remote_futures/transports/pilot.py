@@ -524,8 +524,8 @@ class PilotTransport(PoolTransport, BatchTransport):
         code, sig = w.exit
         if w in w.pilot.workers:
             w.pilot.workers.remove(w)
-        w.tail += (f"[worker {w.slot} of pilot job {w.pilot.job_id} "
-                   f"({self.name} state {w.pilot.state})]\n").encode()
+        known = "" if w.pilot.state == "submitted" else f", {self.name} state {w.pilot.state}"
+        w.tail += f"[worker {w.slot} of pilot job {w.pilot.job_id}{known}]\n".encode()
         self.worker_exited(w, code, sig)
 
     def on_message(self, w: PoolWorker, message: bytes, body: bytes | None = None) -> None:

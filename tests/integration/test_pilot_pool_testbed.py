@@ -260,3 +260,36 @@ def test_pilot_directories_left_by_a_vanished_client_are_pruned() -> None:
         assert "rf-test-new" in listed
     finally:
         _as_user("slurm", f"rm -rf {base}/rf-test-old {base}/rf-test-new")
+
+
+def test_pool_on_the_login_node_itself(tmp_path: Any) -> None:
+    """No host: the scheduler is on this machine, the relay runs here as a subprocess. A
+    worker that dies fails its call with WorkerDiedError and the pool goes on."""
+    import shutil
+    import sys
+
+    require_testbed("slurm")
+    if shutil.which("sbatch") is None:
+        pytest.fail("the testbed's slurm commands are not on this machine's PATH")
+    work = tmp_path / "work"
+    with RemoteExecutor("slurm", pool=True, max_workers=2, relay_bind="127.0.0.1", env="off",
+                        python=sys.executable, work_dir=str(work)) as ex:
+        assert list(ex.map(square, range(8))) == [x * x for x in range(8)]
+        error = ex.submit(_die, 5).exception(timeout=120)
+        assert isinstance(error, WorkerDiedError) and "exit code 5" in str(error), error
+        assert ex.submit(square, 9).result(timeout=120) == 81
+        ids = _pilot_ids(ex)
+    deadline = time.monotonic() + 60
+    while True:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                check=False).stdout.split()
+        if not set(ids) & set(queued):
+            break
+        assert time.monotonic() < deadline, "pilots left in the queue"
+        time.sleep(1)
+
+
+def _die(code: int) -> None:
+    import os
+
+    os._exit(code)
