@@ -59,7 +59,7 @@ def bench(session: nox.Session) -> None:
         session.run("uv", "pip", "install", "--quiet", "--python",
                     "/opt/rf-remote-python/bin/python", "submitit", external=True)
         scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py",
-                    "benchmarks/bench_bigargs.py"]
+                    "benchmarks/bench_bigargs.py", "benchmarks/bench_pilot_pool.py"]
         with open(facts) as f:
             if "RF_K8S_KUBECONFIG" in f.read():
                 session.install("-e", ".[k8s]")

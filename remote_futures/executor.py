@@ -495,6 +495,11 @@ def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transp
             f"{', '.join(sorted(valid | set(EXECUTOR_KEYS)))}"
         )
     parsed = build_options(cls.Options, resolved.options, where=resolved.source)
+    if getattr(parsed, "pool", False):
+        # Warm workers in pilot jobs instead of array jobs (batch schedulers).
+        from .transports.pilot import pilot_class
+
+        cls = pilot_class(cls)
     return cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
 
 

@@ -19,6 +19,7 @@ Messages on the connection (``Connection.send_bytes``), each one frame::
                        b"D" + key(8) + index(8) + outcome  the task's last call; the task ended
                        b"T" + key(8)                     the task ended (skipped)
                        b"O" + bytes                      what a call printed (remote hosts)
+                       b"E" + bytes                      ... to stderr (``--capture-stderr``)
 
 ``B`` frames (on a host's stream channel only) carry the large buffers of a call or a result
 beside its pickle (``worker.dumps_value``): written from the sender's memory as they are, read
@@ -176,13 +177,15 @@ def serve(
     protocol: str | None = None,
     code_dir: str | None = None,
     captured_stdout: int | None = None,
+    captured_stderr: int | None = None,
 ) -> None:
     """Take tasks from ``conn`` until told to stop or the parent goes away.
 
     ``initializer`` is the cloudpickled initializer; ``initargs`` arrive as the start method
     delivered them (so multiprocessing's synchronisation objects work in them). ``protocol``
     is the path of ``worker.py``; ``code_dir`` holds the caller's code bundles (remote hosts);
-    ``captured_stdout``, a file the calls' stdout goes to, is sent after each call (``O``).
+    ``captured_stdout``, a file the calls' stdout goes to, is sent after each call (``O``);
+    ``captured_stderr`` likewise for stderr (``E``), so that it arrives before the outcome.
     """
     _redirect(1, stdout)
     _redirect(2, stderr)
@@ -283,6 +286,10 @@ def serve(
                 printed = _take(captured_stdout)
                 if printed:
                     conn.send_bytes(b"O" + printed)
+            if captured_stderr is not None:
+                printed = _take(captured_stderr)
+                if printed:
+                    conn.send_bytes(b"E" + printed)
             data = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
             del outcome
             for buffer in out or ():
@@ -416,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", required=True)
     parser.add_argument("--protocol", default=None)
     parser.add_argument("--code-dir", default=None)
+    # Its stderr is a file that whoever started it reads after it died: what it printed
+    # there is sent after each call (``E``), in order with the outcomes.
+    parser.add_argument("--capture-stderr", action="store_true")
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
@@ -427,7 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 1)
         serve(_StreamChannel(frames_in, frames_out), protocol=args.protocol,
-              code_dir=args.code_dir, captured_stdout=1)
+              code_dir=args.code_dir, captured_stdout=1,
+              captured_stderr=2 if args.capture_stderr else None)
     return 0
 
 

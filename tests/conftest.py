@@ -88,6 +88,18 @@ def _remote(target: str, component: str) -> ContractFactory:
     return factory
 
 
+def _pilot_pool(target: str) -> ContractFactory:
+    """``target`` with ``pool=True``: warm workers in pilot jobs, through a relay that
+    listens on loopback (the testbed's only network)."""
+    remote = _remote(target, target)
+
+    @pytest.mark.testbed
+    def factory(request: pytest.FixtureRequest) -> dict[str, Any]:
+        return {**remote(request), "pool": True, "relay_bind": "127.0.0.1"}
+
+    return factory
+
+
 def _ec2(request: pytest.FixtureRequest) -> dict[str, Any]:
     """EC2 on moto's API, every instance a local "VM" booted from its own user data and reached
     only on 127.0.0.1 (tests/ec2/fakecloud.py): no AWS account, no testbed."""
@@ -109,6 +121,9 @@ CONTRACT_FACTORIES: dict[str, ContractFactory] = {
     "slurm": _remote("slurm", "slurm"),
     "pbs": _remote("pbs", "pbs"),
     "sge": _remote("sge", "sge"),
+    "slurm-pool": _pilot_pool("slurm"),
+    "sge-pool": _pilot_pool("sge"),
+    "pbs-pool": _pilot_pool("pbs"),
     "kubernetes": _remote("kubernetes", "kubernetes"),
     "ec2": _ec2,
 }

@@ -90,6 +90,19 @@ class BatchOptions(RemoteOptions):
     #: past this, jobs it cannot show are taken for gone (accounting, then VANISHED), so that
     #: a status command that will never work again cannot leave calls pending for ever.
     status_outage_limit: float = 1800.0
+    #: ``True``: run calls on warm workers in pilot jobs instead of one array job per ``map``
+    #: (see :mod:`remote_futures.transports.pilot`); the options below apply to it only.
+    pool: bool = False
+    #: Workers per pilot job (each with the ``cpus``/``memory`` of one array task); default 1.
+    workers_per_job: int | None = None
+    #: Seconds a pilot's worker may stay idle before it leaves (its job ends with its last).
+    idle_timeout: float = 300.0
+    #: The address the pilots' relay listens on, on the login host: ``0.0.0.0`` (every
+    #: interface, so compute nodes can reach it; pilots prove a token), or a narrower one.
+    relay_bind: str = "0.0.0.0"
+    #: Seconds before the pilot's walltime a worker stops taking calls; default: a tenth of
+    #: the walltime, at most 60.
+    pilot_margin: float | None = None
 
     @staticmethod
     def convert_resources(value: Any) -> Resources:
