@@ -181,7 +181,7 @@ class _PilotWorker(PoolWorker):
         """The pid the worker reported on its compute node."""
         return self.reported_pid
 
-    def send(self, *parts: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
         """One worker frame, inside one relay frame."""
         if parts and parts[0][:1] == b"X":
             self.idle_since = None  # busy until it has answered every task sent
@@ -371,7 +371,7 @@ class PilotTransport(PoolTransport, BatchTransport):
 
     # --- the relay ----------------------------------------------------------------------------
 
-    def relay_send(self, conn: int, kind: bytes, *parts: bytes) -> None:
+    def relay_send(self, conn: int, kind: bytes, *parts: bytes | memoryview) -> None:
         """One frame to the relay; OSError when it is gone."""
         stdin = self._relay_stdin
         if stdin is None or self._relay_error is not None or stdin.is_closing():
