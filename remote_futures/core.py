@@ -142,6 +142,9 @@ class Engine:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.transport = transport
+        transport.claim = self._claim
+        #: Jobs by their spec's name, from just before submission until release (``_claim``).
+        self._by_name: dict[str, Job] = {}
         self._retry = retry or RetryPolicy()
         #: Calls that may run again (``retries``): what a resubmission needs, by call.
         self._resend: dict[Call, _Resend] = {}
@@ -479,10 +482,12 @@ class Engine:
             sys_path=self._sys_path,
             out_of_band=self.transport.out_of_band,
         )
+        self._by_name[spec.name] = job
         try:
             handle = await self.transport.submit(spec)
         except Exception as exc:
             # Refused, or the connection dropped: the job's calls fail now, its slots return.
+            self._by_name.pop(spec.name, None)
             self._submitting.discard(job)
             self._submitted.set()
             self._free += job.grant
@@ -650,6 +655,7 @@ class Engine:
         if job.handle is None or job.released:
             return
         self._active.pop(job.handle, None)
+        self._by_name.pop(job.handle.spec.name, None)
         job.released = True
         if self.observer is not None:
             self.observer.job_released(job.handle)
@@ -813,6 +819,23 @@ class Engine:
     def _check_idle(self) -> None:
         if self._unsettled <= 0:
             self._idle.set()
+
+
+    def _claim(self, job_name: str, index: int) -> bool:
+        """Mark the futures of a task its transport commits ahead of time as running (see
+        ``Transport.claim``); False when every one of them was cancelled."""
+        job = self._by_name.get(job_name)
+        if job is None or not 0 <= index < len(job.tasks):
+            return True
+        task = job.tasks[index]
+        task.marked_running = True
+        wanted = False
+        for call in task.calls:
+            if call.unsettled and call.future is not None:
+                wanted |= _mark_running(call.future)
+            elif call.unsettled:
+                wanted = True
+        return wanted
 
 
 def _mark_running(future: concurrent.futures.Future[Any]) -> bool:

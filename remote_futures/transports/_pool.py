@@ -4,9 +4,11 @@ reading their reports, and settling what a worker held when it dies.
 A pool transport keeps long-lived workers (:mod:`remote_futures.worker_loop`) and sends them
 tasks over a channel (a ``multiprocessing`` pipe locally, an SSH channel on a host). A job
 granted N slots by the core is bound to at most N workers; a bound worker is sent the job's next
-task ahead of time when it is small and no other worker could take it, so that it never waits
-for the event loop between tasks. The core's grants never exceed ``max_workers`` in all, so a
-granted task always finds an idle worker or room to start one.
+task ahead of time when it is small, no other worker could take it and the worker's last task was
+short, so that it never waits for the event loop between short tasks. A task sent ahead is
+running from then on (its futures can no longer be cancelled, as with ``ProcessPoolExecutor``'s
+call queue), since the worker starts it without asking again. The core's grants never exceed
+``max_workers`` in all, so a granted task always finds an idle worker or room to start one.
 
 A worker that dies fails the call it was running with a
 :class:`~remote_futures.errors.WorkerDiedError` (a ``BrokenProcessPool`` and a
@@ -23,6 +25,7 @@ import dataclasses
 import pickle
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +45,10 @@ STDERR_TAIL_BYTES = 16384
 #: A task is sent to a worker still busy with another only if it is this small: it then fits
 #: in the channel's buffer, so the send cannot block on a worker that is busy writing a result.
 AHEAD_MAX_BYTES = 32 * 1024
+#: ... and only to a worker whose previous task took less than this (seconds). Committing a
+#: task early saves a round trip between short calls, but makes it running (not cancellable)
+#: for as long as the call before it runs: behind a long call that round trip costs nothing.
+AHEAD_AFTER_SECONDS = 0.05
 
 
 @dataclasses.dataclass(eq=False)
@@ -92,6 +99,9 @@ class PoolWorker(abc.ABC):
         self.reported_pid: int | None = None
         #: Buffers (B frames) received for the outcome that follows them.
         self.inbound: list[bytes] = []
+        #: When the task it runs started, as seen from here; whether its last one was short.
+        self.started_at = 0.0
+        self.quick = False
 
     @property
     def running(self) -> int | None:
@@ -241,15 +251,25 @@ class PoolTransport(Transport):
             # A payload's buffers go before it, each a frame of its own, sent from where it is.
             buffers = [memoryview(buffer).cast("B") for buffer in buffers_of(payload)]
             size = len(payload) + sum(len(buffer) for buffer in buffers)
-            if w.sent and (size > AHEAD_MAX_BYTES or len(job.workers) < job.grant):
-                break  # too big to queue behind a call, or another worker may take it
+            if w.sent and (
+                size > AHEAD_MAX_BYTES or len(job.workers) < job.grant or not w.quick
+            ):
+                break  # too big to queue, another worker may take it, or calls are long
             job.queue.popleft()
+            if w.sent and self.claim is not None and not self.claim(job.handle.spec.name, index):
+                # Every call of it was cancelled: a worker told to skip it later might have
+                # started it already (the skip crosses the channel behind the task's end).
+                job.set_state(index, TaskStatus(TaskState.CANCELLED))
+                job.payloads.pop(index, None)
+                self._changed.set()
+                continue
             key = self._next_key = self._next_key + 1
             self._keys[key] = (job, index)
             if not w.sent:
-                # An idle worker starts it at once. A task sent ahead is marked running when
-                # the worker finishes the one before (tasks run in the order sent); until then
-                # its future may still be cancelled.
+                w.started_at = time.monotonic()
+                # An idle worker starts it at once. A task sent ahead is claimed above (its
+                # futures are running from then on, as a ProcessPoolExecutor's call queue's);
+                # it shows as running when the worker finishes the one before.
                 job.set_state(index, TaskStatus(TaskState.RUNNING))
             w.sent.append(key)
             w.tasks_taken += 1
@@ -313,6 +333,9 @@ class PoolTransport(Transport):
         if kind == b"T":
             if key in w.sent:
                 w.sent.remove(key)
+            now = time.monotonic()
+            w.quick = now - w.started_at < AHEAD_AFTER_SECONDS
+            w.started_at = now  # the task sent ahead, if any, starts now
             self._keys.pop(key, None)
             following = self._keys.get(w.sent[0]) if w.sent else None
             if following is not None and following[1] not in following[0].cancelled:

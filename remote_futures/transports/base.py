@@ -30,7 +30,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import anyio
@@ -69,6 +69,13 @@ class Transport(abc.ABC):
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options
         self.max_workers = max_workers
+        #: Set by the core. A transport that commits a task before it is started (sends it to a
+        #: worker still busy with another, which starts it without asking again) calls
+        #: ``claim(job_name, task_index)`` first: it marks the task's futures running, so that
+        #: ``Future.cancel()`` can no longer succeed for a call that will run anyway (as
+        #: ``ProcessPoolExecutor`` marks the calls it moves to its call queue). False means
+        #: every call of the task was cancelled: the task must not be sent.
+        self.claim: Callable[[str, int], bool] | None = None
 
     async def __aenter__(self) -> Transport:
         await self.open()

@@ -191,7 +191,10 @@ def test_map_early_break_cancels_the_rest(
 ) -> None:
     """Closing the result generator cancels the calls that have not started: they never run
     (as ``Executor.map``'s generator does on close). One call per task (``chunksize=1``): calls
-    grouped into a task that has started count as running, as a ProcessPoolExecutor chunk."""
+    grouped into a task that has started count as running, as a ProcessPoolExecutor chunk.
+    A pool may also have committed the next call to the busy worker (as ProcessPoolExecutor's
+    call queue holds one call more than its workers): that call is running, not cancelled, and
+    runs; the others never do."""
     markers = tmp_path / "markers"
     markers.mkdir()
     markers.chmod(0o777)  # remote transports run the calls as the testbed's users
@@ -204,7 +207,8 @@ def test_map_early_break_cancels_the_rest(
     gate.touch()
     ex.shutdown(wait=True)
     # ran-0 shows that the calls could write here, so the absence of the others means something.
-    assert sorted(p.name for p in markers.iterdir()) == ["ran-0"]
+    ran = sorted(p.name for p in markers.iterdir())
+    assert ran in (["ran-0"], ["ran-0", "ran-2"])
 
 
 # --- exceptions -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from remote_futures import (
     RemoteTraceback,
     WorkerDiedError,
 )
+from remote_futures.transports import _pool
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -174,6 +175,45 @@ def test_a_big_argument_for_a_busy_worker_does_not_stall_the_executor(tmp_path: 
         gate.touch()
     assert future.result(timeout=60) == 4 << 20
     ex.shutdown()
+
+
+def leave_marker(path: str) -> str:
+    Path(path).touch()
+    return path
+
+
+def test_a_call_sent_ahead_to_a_busy_worker_is_running_and_cannot_be_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one worker runs a call held by a gate; the next call is sent to it ahead of time,
+    and the worker will start it without asking again. Its future is then running, as with
+    ProcessPoolExecutor's call queue, so ``cancel()`` cannot return True for a call that may
+    run anyway (the skip message would cross the channel behind the first call's end). A call
+    that was not sent ahead can still be cancelled, and never runs. (Calls are sent ahead only
+    to a worker whose last call was short: the threshold is raised so that a loaded machine
+    cannot make the warm-up call look long.)"""
+    monkeypatch.setattr(_pool, "AHEAD_AFTER_SECONDS", 30.0)
+    gate = tmp_path / "gate"
+    with RemoteExecutor(max_workers=1) as ex:
+        assert ex.submit(getpid).result(timeout=60) > 0
+        try:
+            blocked = ex.submit(wait_for_gate, str(gate))
+            ahead = ex.submit(leave_marker, str(tmp_path / "ahead"))
+            deadline = time.monotonic() + 30
+            while not ahead.running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert blocked.running()
+            assert ahead.running(), "a call committed to a worker is still shown as pending"
+            queued = ex.submit(leave_marker, str(tmp_path / "queued"))
+            time.sleep(0.2)  # let the loop see it: it stays queued behind the one sent ahead
+            assert not ahead.cancel()
+            assert queued.cancel()
+        finally:
+            gate.touch()
+        assert ahead.result(timeout=60) == str(tmp_path / "ahead")
+        assert blocked.result(timeout=60) is None
+    assert queued.cancelled()
+    assert not (tmp_path / "queued").exists()
 
 
 def test_max_tasks_per_child_replaces_workers() -> None:
