@@ -219,6 +219,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         )
         self._view = ResourceView(self, self._resources)
         self._ships_code = self._transport.ships_user_code
+        self._main_by_reference = self._transport.main_by_reference
         self._engine = Engine(
             self._transport,
             initializer=initializer_blob,
@@ -327,7 +328,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
-        pickler = CallPickler(fn)
+        pickler = CallPickler(fn, main_by_reference=self._main_by_reference)
         blobs = [pickler.dumps(args, {}) for args in zip(*iterables, strict=False)]
         if not blobs:
             return []
@@ -344,7 +345,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         resources: Resources,
     ) -> RemoteFuture[T]:
         self._check_open()
-        blob = CallPickler(fn).dumps(args, kwargs)
+        blob = CallPickler(fn, main_by_reference=self._main_by_reference).dumps(args, kwargs)
         futures: list[RemoteFuture[T]] = self._enqueue([[blob]], resources, coalesce=True)
         return futures[0]
 

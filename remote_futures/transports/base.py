@@ -100,6 +100,14 @@ class Transport(abc.ABC):
         import them): ``JobSpec.code``. The local transport shares ``sys.path`` instead."""
         return True
 
+    @property
+    def main_by_reference(self) -> bool:
+        """Whether the top-level functions of the caller's main script may travel by name
+        (``__main__.f``) because every worker imports that script, as ``ProcessPoolExecutor``'s
+        spawned workers do. False (by value) unless the transport knows it: a remote host
+        does not have the script."""
+        return False
+
     def default_chunksize(self, n_calls: int) -> int:
         """Calls per array task when ``map`` is given no chunksize: by default, about as many
         tasks as can run at once, since every job costs the scheduler time to launch."""
