@@ -312,7 +312,8 @@ class Engine:
             self._wake = anyio.Event()
             requests = list(self._queue)
             self._queue.clear()
-            self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job))
+            self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job,
+                                           self.transport.submit_chunksize))
             self._admit()
 
     async def _gather_burst(self) -> None:

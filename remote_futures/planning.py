@@ -2,8 +2,9 @@
 
 * :func:`plan_jobs` groups the requests that arrived together: single ``submit`` calls with the
   same resources and code become one array job (schedulers launch one job far faster than
-  many); a ``map`` becomes its own job; anything larger than the transport's array limit is
-  split.
+  many), and on transports that ask for it several of them share one task, as a ``map``'s
+  chunk does (schedulers also start tasks at a limited rate); a ``map`` becomes its own job;
+  anything larger than the transport's array limit is split.
 * :func:`take_tasks` carves off the first tasks of a planned job, for transports that can only
   start jobs all of whose tasks fit the slots the core can grant (no array throttle).
 * :func:`encode_job` numbers a job's calls and encodes each task's payload, dropping the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .jobs import CodeBundle, JobSpec, TaskSpec
@@ -40,28 +41,49 @@ class Request:
     code: CodeBundle | None = None
 
 
-def plan_jobs(requests: Iterable[Request], max_tasks_per_job: int) -> list[Job]:
-    """Group ``requests`` into jobs, dropping calls already cancelled (they never go out)."""
+def plan_jobs(
+    requests: Iterable[Request],
+    max_tasks_per_job: int,
+    submit_chunksize: Callable[[int], int] | None = None,
+) -> list[Job]:
+    """Group ``requests`` into jobs, dropping calls already cancelled (they never go out).
+
+    ``submit_chunksize(n)``: how many of ``n`` single submits that arrived together share one
+    task (a task runs its calls one after the other, as a ``map`` chunk). None: one call per
+    task (a pool, where each call goes to a free worker anyway).
+    """
     # In order of arrival (admission is first come, first served); a group of coalesced
     # submits takes the place of its first one.
-    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None]] = []
+    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None, bool]] = []
     singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
     for request in requests:
         if request.coalesce:
             key = (request.resources, request.code)
             if key not in singles:
                 singles[key] = []
-                planned.append((singles[key], request.resources, request.code))
+                planned.append((singles[key], request.resources, request.code, True))
             singles[key].extend(request.tasks)
         else:
-            planned.append((request.tasks, request.resources, request.code))
+            planned.append((request.tasks, request.resources, request.code, False))
     limit = max(1, max_tasks_per_job)
     jobs: list[Job] = []
-    for task_calls, resources, code in planned:
+    for task_calls, resources, code, burst in planned:
         tasks = [Task(-1, live) for calls in task_calls if (live := _live(calls))]
+        if burst and submit_chunksize is not None:
+            tasks = _group(tasks, submit_chunksize)
         for start in range(0, len(tasks), limit):
             jobs.append(Job(tasks[start : start + limit], resources, code))
     return jobs
+
+
+def _group(tasks: list[Task], chunksize: Callable[[int], int]) -> list[Task]:
+    """The calls of one-call ``tasks`` (a burst of submits) in tasks of ``chunksize(n)``
+    calls, in order; one submit alone stays one task of its own."""
+    calls = [call for task in tasks for call in task.calls]
+    size = max(1, chunksize(len(calls)))
+    if size == 1:
+        return tasks
+    return [Task(-1, calls[start : start + size]) for start in range(0, len(calls), size)]
 
 
 def take_tasks(job: Job, count: int) -> Job:

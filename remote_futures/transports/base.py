@@ -113,6 +113,12 @@ class Transport(abc.ABC):
         tasks as can run at once, since every job costs the scheduler time to launch."""
         return max(1, math.ceil(n_calls / max(1, self.max_workers)))
 
+    def submit_chunksize(self, n_calls: int) -> int:
+        """How many of ``n_calls`` single ``submit``s that arrived together (a loop of them)
+        share one task, run one after the other as a ``map`` chunk. By default 1: each call
+        is a task of its own (a pool hands each call to a free worker anyway)."""
+        return 1
+
     @abc.abstractmethod
     async def submit(self, job: JobSpec) -> JobHandle:
         """Start ``job`` now: hand it to the scheduler (or start its processes) before returning.

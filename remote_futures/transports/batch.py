@@ -59,6 +59,9 @@ _WATCH_STEP = 0.05
 _WATCH_LOOKS = 20
 #: Above this many active jobs, the wait between polls is a plain sleep (a bounded command).
 _WATCH_MAX_DIRS = 64
+#: The most single submits one array task runs in a row: a long burst on few slots still
+#: becomes tasks short enough that the slots balance the work between them.
+_SUBMIT_CHUNK_CAP = 100
 
 
 def watch_dirs_command(dirs: Sequence[str], steps: int, step: float = _WATCH_STEP) -> str:
@@ -153,6 +156,13 @@ class BatchTransport(RemoteTransport):
     def default_max_workers(cls, options: Any) -> int:
         """Array tasks running at once when the user says nothing (the array throttle)."""
         return 64
+
+    def submit_chunksize(self, n_calls: int) -> int:
+        """A burst of single submits is grouped as ``map`` chunks its calls, into about
+        ``max_workers`` tasks (a scheduler starts tasks at a limited rate, a few per second),
+        at most ``_SUBMIT_CHUNK_CAP`` calls each: fewer calls than slots stay one per task, so
+        a lone submit, or a few, start at once and in parallel."""
+        return min(_SUBMIT_CHUNK_CAP, self.default_chunksize(n_calls))
 
     async def open(self) -> None:
         """Connect, create the work directory, and learn the scheduler's limits."""
