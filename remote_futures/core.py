@@ -249,6 +249,9 @@ class Engine:
                 # Entered in this task and exited in it, around the loops' task group and with
                 # no scope in between, so that a transport may hold a task group of its own.
                 async with self.transport:
+                    # Opening may fit max_workers to the cluster (none given): nothing was
+                    # admitted yet, so every slot is free.
+                    self._free = self.transport.max_workers
                     # stop() cancels a long preparation (an environment sync): a shutdown
                     # with every call cancelled must not wait for it.
                     with anyio.CancelScope() as self._prepare_scope:
@@ -313,7 +316,8 @@ class Engine:
             requests = list(self._queue)
             self._queue.clear()
             self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job,
-                                           self.transport.submit_chunksize))
+                                           self.transport.submit_chunksize,
+                                           self.transport.default_chunksize))
             self._admit()
 
     async def _gather_burst(self) -> None:

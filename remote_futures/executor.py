@@ -332,9 +332,12 @@ class RemoteExecutor(concurrent.futures.Executor):
         blobs = [pickler.dumps(args, {}) for args in zip(*iterables, strict=False)]
         if not blobs:
             return []
-        size = chunksize or self._transport.default_chunksize(len(blobs))
+        # With no chunksize the core chunks the calls when it plans them (by the transport's
+        # default_chunksize), once the transport is open and knows its max_workers.
+        size = chunksize or 1
         futures: list[RemoteFuture[T]] = self._enqueue(
-            [blobs[i : i + size] for i in range(0, len(blobs), size)], resources, coalesce=False
+            [blobs[i : i + size] for i in range(0, len(blobs), size)], resources,
+            coalesce=False, auto_chunk=chunksize is None,
         )
         if self._progress:
             MapProgress(futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})")
@@ -358,7 +361,8 @@ class RemoteExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _enqueue(
-        self, tasks: list[list[bytes]], resources: Resources, *, coalesce: bool
+        self, tasks: list[list[bytes]], resources: Resources, *, coalesce: bool,
+        auto_chunk: bool = False,
     ) -> list[RemoteFuture[Any]]:
         code = user_code() if self._ships_code else None
         futures: list[RemoteFuture[Any]] = []
@@ -372,7 +376,9 @@ class RemoteExecutor(concurrent.futures.Executor):
             request_tasks.append(calls)
         with self._lock:
             self._check_open()
-            self._runtime.hand_over(Request(request_tasks, resources, coalesce, code))
+            self._runtime.hand_over(
+                Request(request_tasks, resources, coalesce, code, auto_chunk=auto_chunk)
+            )
         return futures
 
 
@@ -440,7 +446,9 @@ def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transp
             f"{', '.join(sorted(valid | set(EXECUTOR_KEYS)))}"
         )
     parsed = build_options(cls.Options, resolved.options, where=resolved.source)
-    return cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
+    transport = cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
+    transport.fit_max_workers = max_workers is None
+    return transport
 
 
 def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> Iterator[T]:

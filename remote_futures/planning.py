@@ -31,7 +31,9 @@ class Request:
     """Work handed over by the facade: tasks of calls, with the resources they need.
 
     ``coalesce`` marks a single ``submit``: such requests that arrive together (the same
-    resources) are merged into one array job.
+    resources) are merged into one array job. ``auto_chunk`` marks a ``map`` given no
+    chunksize: its one-call tasks are grouped when planned, by the transport's default, which
+    may depend on what the transport learnt when it opened (``max_workers``).
     """
 
     tasks: list[list[Call]]
@@ -39,50 +41,56 @@ class Request:
     coalesce: bool = False
     #: The caller's own modules at the time of the request (remote transports).
     code: CodeBundle | None = None
+    auto_chunk: bool = False
 
 
 def plan_jobs(
     requests: Iterable[Request],
     max_tasks_per_job: int,
     submit_chunksize: Callable[[int], int] | None = None,
+    map_chunksize: Callable[[int], int] | None = None,
 ) -> list[Job]:
     """Group ``requests`` into jobs, dropping calls already cancelled (they never go out).
 
     ``submit_chunksize(n)``: how many of ``n`` single submits that arrived together share one
     task (a task runs its calls one after the other, as a ``map`` chunk). None: one call per
-    task (a pool, where each call goes to a free worker anyway).
+    task (a pool, where each call goes to a free worker anyway). ``map_chunksize(n)``: the
+    same for a ``map`` of ``n`` calls given no chunksize (``auto_chunk``).
     """
     # In order of arrival (admission is first come, first served); a group of coalesced
     # submits takes the place of its first one.
-    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None, bool]] = []
+    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None,
+                        Callable[[int], int] | None]] = []
     singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
     for request in requests:
         if request.coalesce:
             key = (request.resources, request.code)
             if key not in singles:
                 singles[key] = []
-                planned.append((singles[key], request.resources, request.code, True))
+                planned.append((singles[key], request.resources, request.code,
+                                submit_chunksize))
             singles[key].extend(request.tasks)
         else:
-            planned.append((request.tasks, request.resources, request.code, False))
+            planned.append((request.tasks, request.resources, request.code,
+                            map_chunksize if request.auto_chunk else None))
     limit = max(1, max_tasks_per_job)
     jobs: list[Job] = []
-    for task_calls, resources, code, burst in planned:
+    for task_calls, resources, code, chunksize in planned:
         tasks = [Task(-1, live) for calls in task_calls if (live := _live(calls))]
-        if burst and submit_chunksize is not None:
-            tasks = _group(tasks, submit_chunksize)
+        if chunksize is not None:
+            tasks = _group(tasks, chunksize)
         for start in range(0, len(tasks), limit):
             jobs.append(Job(tasks[start : start + limit], resources, code))
     return jobs
 
 
 def _group(tasks: list[Task], chunksize: Callable[[int], int]) -> list[Task]:
-    """The calls of one-call ``tasks`` (a burst of submits) in tasks of ``chunksize(n)``
-    calls, in order; one submit alone stays one task of its own."""
-    calls = [call for task in tasks for call in task.calls]
-    size = max(1, chunksize(len(calls)))
+    """The calls of one-call ``tasks`` (a burst of submits, a map) in tasks of
+    ``chunksize(n)`` calls, in order; one submit alone stays one task of its own."""
+    size = max(1, chunksize(sum(len(task.calls) for task in tasks)))
     if size == 1:
         return tasks
+    calls = [call for task in tasks for call in task.calls]
     return [Task(-1, calls[start : start + size]) for start in range(0, len(calls), size)]
 
 

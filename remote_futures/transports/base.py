@@ -65,6 +65,10 @@ class Transport(abc.ABC):
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options
         self.max_workers = max_workers
+        #: Set by the executor when the user gave no ``max_workers``: a transport that can
+        #: learn what the cluster runs now may change ``max_workers`` in :meth:`open` (the
+        #: core reads it once the transport is open).
+        self.fit_max_workers = False
 
     async def __aenter__(self) -> Transport:
         await self.open()
