@@ -4,9 +4,10 @@
 Each round times ``N`` ``submit(square, i)`` calls from the first submit to the last result, on
 an executor that is already open and warm (environment synced, worker uploaded), with
 ``max_workers`` the testbed partition's CPUs. The ungrouped side is the same executor code with
-the transport's ``submit_chunksize`` forced to 1. Runs alternate (grouped, ungrouped, ...)
-because the testbed scheduler's speed drifts; medians of ``RF_BENCH_REPEATS`` (default 2).
-Needs the testbed (``nox -s testbed``). ``python benchmarks/bench_bursts.py [N]``.
+the transport's ``submit_chunks`` forced to None (one call per task). Runs alternate
+(grouped, ungrouped, ...) because the testbed scheduler's speed drifts; medians of
+``RF_BENCH_REPEATS`` (default 2). Needs the testbed (``nox -s testbed``).
+``python benchmarks/bench_bursts.py [N]``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def burst(ex: RemoteExecutor, n: int, grouped: bool) -> tuple[float, int]:
 
     transport.submit = counting  # type: ignore[method-assign]
     if not grouped:
-        transport.submit_chunksize = lambda n_calls: 1  # type: ignore[method-assign]
+        transport.submit_chunks = lambda n_calls: None  # type: ignore[method-assign]
     try:
         start = time.perf_counter()
         futures = [ex.submit(square, i) for i in range(n)]
@@ -59,7 +60,7 @@ def burst(ex: RemoteExecutor, n: int, grouped: bool) -> tuple[float, int]:
     finally:
         del transport.submit
         if not grouped:
-            del transport.submit_chunksize
+            del transport.submit_chunks
 
 
 def main() -> None:

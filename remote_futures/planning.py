@@ -47,20 +47,21 @@ class Request:
 def plan_jobs(
     requests: Iterable[Request],
     max_tasks_per_job: int,
-    submit_chunksize: Callable[[int], int] | None = None,
+    submit_chunks: Callable[[int], list[int] | None] | None = None,
     map_chunksize: Callable[[int], int] | None = None,
 ) -> list[Job]:
     """Group ``requests`` into jobs, dropping calls already cancelled (they never go out).
 
-    ``submit_chunksize(n)``: how many of ``n`` single submits that arrived together share one
-    task (a task runs its calls one after the other, as a ``map`` chunk). None: one call per
-    task (a pool, where each call goes to a free worker anyway). ``map_chunksize(n)``: the
-    same for a ``map`` of ``n`` calls given no chunksize (``auto_chunk``).
+    ``submit_chunks(n)``: how ``n`` single submits that arrived together are cut into tasks,
+    the number of calls of each task in turn (a task runs its calls one after the other, as a
+    ``map`` chunk); None: one call per task. ``map_chunksize(n)``: the calls per task of a
+    ``map`` of ``n`` calls given no chunksize (``auto_chunk``).
     """
     # In order of arrival (admission is first come, first served); a group of coalesced
     # submits takes the place of its first one.
     planned: list[tuple[list[list[Call]], Resources, CodeBundle | None,
-                        Callable[[int], int] | None]] = []
+                        Callable[[int], list[int] | None] | None]] = []
+    map_chunks = None if map_chunksize is None else _uniform(map_chunksize)
     singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
     for request in requests:
         if request.coalesce:
@@ -68,30 +69,52 @@ def plan_jobs(
             if key not in singles:
                 singles[key] = []
                 planned.append((singles[key], request.resources, request.code,
-                                submit_chunksize))
+                                submit_chunks))
             singles[key].extend(request.tasks)
         else:
             planned.append((request.tasks, request.resources, request.code,
-                            map_chunksize if request.auto_chunk else None))
+                            map_chunks if request.auto_chunk else None))
     limit = max(1, max_tasks_per_job)
     jobs: list[Job] = []
-    for task_calls, resources, code, chunksize in planned:
+    for task_calls, resources, code, chunks in planned:
         tasks = [Task(-1, live) for calls in task_calls if (live := _live(calls))]
-        if chunksize is not None:
-            tasks = _group(tasks, chunksize)
+        if chunks is not None:
+            tasks = _group(tasks, chunks, rerun_unstarted=chunks is submit_chunks)
         for start in range(0, len(tasks), limit):
             jobs.append(Job(tasks[start : start + limit], resources, code))
     return jobs
 
 
-def _group(tasks: list[Task], chunksize: Callable[[int], int]) -> list[Task]:
-    """The calls of one-call ``tasks`` (a burst of submits, a map) in tasks of
-    ``chunksize(n)`` calls, in order; one submit alone stays one task of its own."""
-    size = max(1, chunksize(sum(len(task.calls) for task in tasks)))
-    if size == 1:
+def _group(
+    tasks: list[Task], chunks: Callable[[int], list[int] | None], *, rerun_unstarted: bool
+) -> list[Task]:
+    """The calls of one-call ``tasks`` (a burst of submits, a map) regrouped into tasks of
+    ``chunks(n)`` calls each, in order; None: left as they are."""
+    sizes = chunks(sum(len(task.calls) for task in tasks))
+    if sizes is None:
         return tasks
     calls = [call for task in tasks for call in task.calls]
-    return [Task(-1, calls[start : start + size]) for start in range(0, len(calls), size)]
+    if sum(sizes) != len(calls) or min(sizes, default=1) < 1:
+        return tasks  # a transport's mistake must not lose or duplicate calls
+    grouped = []
+    start = 0
+    for size in sizes:
+        grouped.append(Task(-1, calls[start : start + size],
+                            rerun_unstarted=rerun_unstarted and size > 1))
+        start += size
+    return grouped
+
+
+def _uniform(chunksize: Callable[[int], int]) -> Callable[[int], list[int] | None]:
+    """``chunks`` for tasks of ``chunksize(n)`` calls (the last one may hold fewer)."""
+
+    def chunks(n_calls: int) -> list[int] | None:
+        size = max(1, chunksize(n_calls))
+        if size == 1:
+            return None
+        return [size] * (n_calls // size) + ([n_calls % size] if n_calls % size else [])
+
+    return chunks
 
 
 def take_tasks(job: Job, count: int) -> Job:

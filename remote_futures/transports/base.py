@@ -117,11 +117,12 @@ class Transport(abc.ABC):
         tasks as can run at once, since every job costs the scheduler time to launch."""
         return max(1, math.ceil(n_calls / max(1, self.max_workers)))
 
-    def submit_chunksize(self, n_calls: int) -> int:
-        """How many of ``n_calls`` single ``submit``s that arrived together (a loop of them)
-        share one task, run one after the other as a ``map`` chunk. By default 1: each call
-        is a task of its own (a pool hands each call to a free worker anyway)."""
-        return 1
+    def submit_chunks(self, n_calls: int) -> list[int] | None:
+        """How ``n_calls`` single ``submit``s that arrived together (a loop of them) are cut
+        into tasks: the number of calls of each task in turn (a task runs its calls one after
+        the other, as a ``map`` chunk), or None for one call per task (the default: a pool
+        hands each call to a free worker anyway)."""
+        return None
 
     @abc.abstractmethod
     async def submit(self, job: JobSpec) -> JobHandle:

@@ -62,9 +62,11 @@ _WATCH_LOOKS = 20
 _WATCH_MAX_DIRS = 64
 #: ``max_workers`` when the user gives none: the cap on what the free slots may set it to.
 _DEFAULT_MAX_WORKERS = 64
-#: The most single submits one array task runs in a row: a long burst on few slots still
-#: becomes tasks short enough that the slots balance the work between them.
-_SUBMIT_CHUNK_CAP = 100
+#: The most single submits one array task runs in a row. The calls beyond the first
+#: ``max_workers`` of a burst are cut into ``max_workers`` tasks (one more round of starts);
+#: only a very long burst on few slots, where a task of this many calls would leave too coarse
+#: a grain to balance uneven calls, is cut into more.
+_SUBMIT_CHUNK_CAP = 1000
 
 
 def watch_dirs_command(dirs: Sequence[str], steps: int, step: float = _WATCH_STEP) -> str:
@@ -161,12 +163,21 @@ class BatchTransport(RemoteTransport):
         learns what the partition can run now (see :meth:`fit_max_workers_to_capacity`)."""
         return _DEFAULT_MAX_WORKERS
 
-    def submit_chunksize(self, n_calls: int) -> int:
-        """A burst of single submits is grouped as ``map`` chunks its calls, into about
-        ``max_workers`` tasks (a scheduler starts tasks at a limited rate, a few per second),
-        at most ``_SUBMIT_CHUNK_CAP`` calls each: fewer calls than slots stay one per task, so
-        a lone submit, or a few, start at once and in parallel."""
-        return min(_SUBMIT_CHUNK_CAP, self.default_chunksize(n_calls))
+    def submit_chunks(self, n_calls: int) -> list[int] | None:
+        """A burst of single submits: the first ``max_workers`` calls one per task, so that
+        they start at once (and a lone submit, or a few, is not delayed); the rest, which
+        would wait for those slots anyway, in about ``max_workers`` more tasks of several
+        calls (at most ``_SUBMIT_CHUNK_CAP``), as ``map`` chunks its calls: a scheduler starts
+        tasks at a limited rate, a few per second. Calls of a multi-call task can be
+        cancelled while it waits for a slot, not once it runs (they all show as running)."""
+        slots = max(1, self.max_workers)
+        rest = n_calls - slots
+        if rest <= 0:
+            return None
+        size = min(_SUBMIT_CHUNK_CAP, -(-rest // slots))
+        if size == 1:
+            return None
+        return [1] * slots + [size] * (rest // size) + ([rest % size] if rest % size else [])
 
     async def open(self) -> None:
         """Connect, create the work directory, and learn the scheduler's limits (and, with no
