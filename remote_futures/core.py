@@ -79,6 +79,9 @@ _FIRST_POLL = 0.1
 _SUBMIT_GRACE = 3.0
 _CANCEL_GRACE = 60.0
 _RELEASE_GRACE = 30.0
+#: How many times a grouped submit is queued again because an earlier call of its task ended
+#: the task's process before it started.
+_MAX_RERUNS = 2
 
 
 class RemoteFuture(concurrent.futures.Future[T]):
@@ -128,6 +131,8 @@ class _Resend:
     code: Any
     resources: Resources
     attempts: list[Attempt] = dataclasses.field(default_factory=list)
+    #: Times the call was queued again because an earlier call of its task ended the task.
+    reruns: int = 0
 
 
 class Engine:
@@ -148,6 +153,11 @@ class Engine:
         self._retry = retry or RetryPolicy()
         #: Calls that may run again (``retries``): what a resubmission needs, by call.
         self._resend: dict[Call, _Resend] = {}
+        #: Calls after the first of a task of grouped submits: what running them again needs
+        #: if an earlier call of the task ends its process before they start.
+        self._unstarted: dict[Call, _Resend] = {}
+        #: Calls queued again that way, and how many times so far.
+        self._reruns: dict[Call, int] = {}
         self._initializer = initializer
         self._sys_path = list(sys_path)
         self._queue: collections.deque[Request] = collections.deque()
@@ -303,6 +313,9 @@ class Engine:
                 # Entered in this task and exited in it, around the loops' task group and with
                 # no scope in between, so that a transport may hold a task group of its own.
                 async with self.transport:
+                    # Opening may fit max_workers to the cluster (none given): nothing was
+                    # admitted yet, so every slot is free.
+                    self._free = self.transport.max_workers
                     # stop() cancels a long preparation (an environment sync): a shutdown
                     # with every call cancelled must not wait for it.
                     with anyio.CancelScope() as self._prepare_scope:
@@ -370,7 +383,9 @@ class Engine:
             self._wake = anyio.Event()
             requests = list(self._queue)
             self._queue.clear()
-            self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job))
+            self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job,
+                                           self.transport.submit_chunks,
+                                           self.transport.default_chunksize))
             self._admit()
 
     async def _gather_burst(self) -> None:
@@ -475,6 +490,13 @@ class Engine:
                 for call in task.calls:
                     if call not in self._resend and call.blob is not None:
                         self._resend[call] = _Resend(call.blob, job.code, job.resources)
+        for task in job.tasks:
+            if task.rerun_unstarted:
+                # encode_job drops each call's bytes: keep those a rerun may need.
+                for call in task.calls[1:]:
+                    if call.blob is not None:
+                        self._unstarted[call] = _Resend(call.blob, job.code, job.resources,
+                                                        reruns=self._reruns.get(call, 0))
         spec = encode_job(
             job,
             max_concurrent=job.grant,
@@ -628,6 +650,8 @@ class Engine:
                 continue
             changed = True
             seen = task.status
+            if task.rerun_unstarted and seen.state is not TaskState.COMPLETED:
+                orphans = self._rerun_unstarted(orphans)
             try:
                 tail = await self.transport.stderr_tail(job.handle, task.index)
             except Exception as exc:
@@ -650,6 +674,32 @@ class Engine:
                 if call.unsettled:
                     self._fail_call(call, error, lost=True)
         return changed
+
+    def _rerun_unstarted(self, orphans: list[Call]) -> list[Call]:
+        """Of the calls a task of grouped submits ended without (in the task's order), the
+        first was running when its process ended; the others never started: queue those as
+        new submits, each standing alone as it was submitted. Return the calls to fail."""
+        if self._stopping or self.broken is not None:
+            return orphans
+        # Bounded: a task that ended before its first call (a job script or environment that
+        # fails) looks the same, and must not make every call of a burst go round again and
+        # again. Each round settles at least the first call anyway.
+        rest = [call for call in orphans[1:] if call in self._unstarted
+                and self._unstarted[call].reruns < _MAX_RERUNS]
+        for call in rest:
+            again = self._unstarted.pop(call)
+            fresh = Call(call.future, again.blob)
+            self._reruns[fresh] = again.reruns + 1
+            resend = self._resend.pop(call, None)
+            if resend is not None:
+                self._resend[fresh] = resend  # the retry policy goes on counting
+            # Queued before the old call is counted out: the engine never looks idle between.
+            self.enqueue(Request([[fresh]], again.resources, True, again.code))
+            self._count_out(call)
+        if rest:
+            log.info("%d call(s) after the one that ended their task never started: "
+                     "submitting them again", len(rest))
+        return [call for call in orphans if call.unsettled]
 
     async def _release(self, job: Job) -> None:
         if job.handle is None or job.released:
@@ -736,6 +786,8 @@ class Engine:
 
     def _count_out(self, call: Call) -> None:
         self._resend.pop(call, None)
+        self._unstarted.pop(call, None)
+        self._reruns.pop(call, None)
         job = call.job
         if job is not None:
             job.unsettled -= 1

@@ -239,6 +239,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         )
         self._view = ResourceView(self, self._resources)
         self._ships_code = self._transport.ships_user_code
+        self._main_by_reference = self._transport.main_by_reference
         self._engine = Engine(
             self._transport,
             initializer=initializer_blob,
@@ -354,13 +355,16 @@ class RemoteExecutor(concurrent.futures.Executor):
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
-        pickler = CallPickler(fn)
+        pickler = CallPickler(fn, main_by_reference=self._main_by_reference)
         blobs = [pickler.dumps(args, {}) for args in zip(*iterables, strict=False)]
         if not blobs:
             return []
-        size = chunksize or self._transport.default_chunksize(len(blobs))
+        # With no chunksize the core chunks the calls when it plans them (by the transport's
+        # default_chunksize), once the transport is open and knows its max_workers.
+        size = chunksize or 1
         futures: list[RemoteFuture[T]] = self._enqueue(
-            [blobs[i : i + size] for i in range(0, len(blobs), size)], resources, coalesce=False
+            [blobs[i : i + size] for i in range(0, len(blobs), size)], resources,
+            coalesce=False, auto_chunk=chunksize is None,
         )
         if self._progress:
             MapProgress(futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})")
@@ -371,7 +375,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         resources: Resources,
     ) -> RemoteFuture[T]:
         self._check_open()
-        blob = CallPickler(fn).dumps(args, kwargs)
+        blob = CallPickler(fn, main_by_reference=self._main_by_reference).dumps(args, kwargs)
         futures: list[RemoteFuture[T]] = self._enqueue([[blob]], resources, coalesce=True)
         return futures[0]
 
@@ -384,7 +388,8 @@ class RemoteExecutor(concurrent.futures.Executor):
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _enqueue(
-        self, tasks: list[list[bytes]], resources: Resources, *, coalesce: bool
+        self, tasks: list[list[bytes]], resources: Resources, *, coalesce: bool,
+        auto_chunk: bool = False,
     ) -> list[RemoteFuture[Any]]:
         code = user_code() if self._ships_code else None
         futures: list[RemoteFuture[Any]] = []
@@ -406,7 +411,9 @@ class RemoteExecutor(concurrent.futures.Executor):
                     seq += 1
             self._next_seq = seq
             self._recorder.calls_queued(first, seq - first)
-            self._runtime.hand_over(Request(request_tasks, resources, coalesce, code))
+            self._runtime.hand_over(
+                Request(request_tasks, resources, coalesce, code, auto_chunk=auto_chunk)
+            )
         return futures
 
     # --- after a crash ------------------------------------------------------------------------
@@ -500,7 +507,9 @@ def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transp
         from .transports.pilot import pilot_class
 
         cls = pilot_class(cls)
-    return cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
+    transport = cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
+    transport.fit_max_workers = max_workers is None
+    return transport
 
 
 def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> Iterator[T]:

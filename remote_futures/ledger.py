@@ -61,6 +61,9 @@ class Task:
     #: Whether its futures were marked running (once, at the first state the scheduler shows
     #: after PENDING, or at its end if it ran between two polls).
     marked_running: bool = False
+    #: Single submits grouped in one task: if the task's process ends during a call, the
+    #: calls after it never started and run again in a new task (each submit stands alone).
+    rerun_unstarted: bool = False
 
 
 @dataclasses.dataclass(eq=False)

@@ -2,8 +2,9 @@
 
 * :func:`plan_jobs` groups the requests that arrived together: single ``submit`` calls with the
   same resources and code become one array job (schedulers launch one job far faster than
-  many); a ``map`` becomes its own job; anything larger than the transport's array limit is
-  split.
+  many), and on transports that ask for it several of them share one task, as a ``map``'s
+  chunk does (schedulers also start tasks at a limited rate); a ``map`` becomes its own job;
+  anything larger than the transport's array limit is split.
 * :func:`take_tasks` carves off the first tasks of a planned job, for transports that can only
   start jobs all of whose tasks fit the slots the core can grant (no array throttle).
 * :func:`encode_job` numbers a job's calls and encodes each task's payload, dropping the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .jobs import CodeBundle, JobSpec, TaskSpec
@@ -30,7 +31,9 @@ class Request:
     """Work handed over by the facade: tasks of calls, with the resources they need.
 
     ``coalesce`` marks a single ``submit``: such requests that arrive together (the same
-    resources) are merged into one array job.
+    resources) are merged into one array job. ``auto_chunk`` marks a ``map`` given no
+    chunksize: its one-call tasks are grouped when planned, by the transport's default, which
+    may depend on what the transport learnt when it opened (``max_workers``).
     """
 
     tasks: list[list[Call]]
@@ -38,30 +41,80 @@ class Request:
     coalesce: bool = False
     #: The caller's own modules at the time of the request (remote transports).
     code: CodeBundle | None = None
+    auto_chunk: bool = False
 
 
-def plan_jobs(requests: Iterable[Request], max_tasks_per_job: int) -> list[Job]:
-    """Group ``requests`` into jobs, dropping calls already cancelled (they never go out)."""
+def plan_jobs(
+    requests: Iterable[Request],
+    max_tasks_per_job: int,
+    submit_chunks: Callable[[int], list[int] | None] | None = None,
+    map_chunksize: Callable[[int], int] | None = None,
+) -> list[Job]:
+    """Group ``requests`` into jobs, dropping calls already cancelled (they never go out).
+
+    ``submit_chunks(n)``: how ``n`` single submits that arrived together are cut into tasks,
+    the number of calls of each task in turn (a task runs its calls one after the other, as a
+    ``map`` chunk); None: one call per task. ``map_chunksize(n)``: the calls per task of a
+    ``map`` of ``n`` calls given no chunksize (``auto_chunk``).
+    """
     # In order of arrival (admission is first come, first served); a group of coalesced
     # submits takes the place of its first one.
-    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None]] = []
+    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None,
+                        Callable[[int], list[int] | None] | None]] = []
+    map_chunks = None if map_chunksize is None else _uniform(map_chunksize)
     singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
     for request in requests:
         if request.coalesce:
             key = (request.resources, request.code)
             if key not in singles:
                 singles[key] = []
-                planned.append((singles[key], request.resources, request.code))
+                planned.append((singles[key], request.resources, request.code,
+                                submit_chunks))
             singles[key].extend(request.tasks)
         else:
-            planned.append((request.tasks, request.resources, request.code))
+            planned.append((request.tasks, request.resources, request.code,
+                            map_chunks if request.auto_chunk else None))
     limit = max(1, max_tasks_per_job)
     jobs: list[Job] = []
-    for task_calls, resources, code in planned:
+    for task_calls, resources, code, chunks in planned:
         tasks = [Task(-1, live) for calls in task_calls if (live := _live(calls))]
+        if chunks is not None:
+            tasks = _group(tasks, chunks, rerun_unstarted=chunks is submit_chunks)
         for start in range(0, len(tasks), limit):
             jobs.append(Job(tasks[start : start + limit], resources, code))
     return jobs
+
+
+def _group(
+    tasks: list[Task], chunks: Callable[[int], list[int] | None], *, rerun_unstarted: bool
+) -> list[Task]:
+    """The calls of one-call ``tasks`` (a burst of submits, a map) regrouped into tasks of
+    ``chunks(n)`` calls each, in order; None: left as they are."""
+    sizes = chunks(sum(len(task.calls) for task in tasks))
+    if sizes is None:
+        return tasks
+    calls = [call for task in tasks for call in task.calls]
+    if sum(sizes) != len(calls) or min(sizes, default=1) < 1:
+        return tasks  # a transport's mistake must not lose or duplicate calls
+    grouped = []
+    start = 0
+    for size in sizes:
+        grouped.append(Task(-1, calls[start : start + size],
+                            rerun_unstarted=rerun_unstarted and size > 1))
+        start += size
+    return grouped
+
+
+def _uniform(chunksize: Callable[[int], int]) -> Callable[[int], list[int] | None]:
+    """``chunks`` for tasks of ``chunksize(n)`` calls (the last one may hold fewer)."""
+
+    def chunks(n_calls: int) -> list[int] | None:
+        size = max(1, chunksize(n_calls))
+        if size == 1:
+            return None
+        return [size] * (n_calls // size) + ([n_calls % size] if n_calls % size else [])
+
+    return chunks
 
 
 def take_tasks(job: Job, count: int) -> Job:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import linecache
 import logging
+import multiprocessing.context
+import multiprocessing.spawn
 import os
 import pickle
 import sys
@@ -43,6 +46,7 @@ from .jobs import CodeBundle, Pickled, buffers_of
 __all__ = [
     "CallPickler",
     "InitializerFailed",
+    "children_import_main",
     "decode_outcome",
     "dumps_call",
     "dumps_initializer",
@@ -60,6 +64,64 @@ def dumps_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str,
     return CallPickler(fn).dumps(args, kwargs)
 
 
+def children_import_main(ctx: multiprocessing.context.BaseContext) -> bool:
+    """Whether a process started with ``ctx`` imports this program's main script (as
+    ``__mp_main__``, aliased to ``__main__``), as ``multiprocessing``'s spawn and forkserver
+    start methods do when the program was started from a file or with ``python -m module``:
+    then the script's top-level functions exist in such a child and can be pickled by name.
+
+    Not with ``fork`` (a worker forked before a function was defined does not have it), nor
+    for an interactive session, ``python -c``, a notebook or ``python -m package`` (whose
+    ``__main__`` multiprocessing does not import in the child).
+    """
+    if ctx.get_start_method() not in ("spawn", "forkserver"):
+        return False
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    try:
+        # What multiprocessing itself hands the child to prepare its main module.
+        data = multiprocessing.spawn.get_preparation_data("remote_futures-worker")
+    except Exception:
+        return False
+    name = data.get("init_main_from_name")
+    if name is not None:
+        # multiprocessing skips these (spawn._fixup_main_from_name).
+        return bool(name != "__main__" and not str(name).endswith(".__main__"))
+    path = data.get("init_main_from_path")
+    if path is None:
+        return False
+    return bool(os.path.splitext(os.path.basename(path))[0] != "ipython")
+
+
+def _main_reference(fn: Callable[..., Any]) -> bytes | None:
+    """``fn`` pickled by name (``__main__.<name>``) if it is a top-level function of the main
+    script that a child importing the script defines too; else None (pickle it by value).
+
+    Top level means: bound to its name in ``__main__`` and defined at the first column of the
+    script, so not inside ``if __name__ == "__main__":`` (which the child does not run), a
+    function or a class. A lambda, a closure, a function of an interactive session or of an
+    ``exec``'d string is not.
+    """
+    if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
+        return None
+    name = fn.__qualname__
+    main = sys.modules.get("__main__")
+    if "." in name or "<" in name or main is None or getattr(main, name, None) is not fn:
+        return None
+    main_file = getattr(main, "__file__", None)
+    code = fn.__code__
+    if not main_file or os.path.realpath(code.co_filename) != os.path.realpath(main_file):
+        return None
+    line = linecache.getline(code.co_filename, code.co_firstlineno)
+    if not line or line[0].isspace():
+        return None
+    try:
+        return pickle.dumps(fn, protocol=cloudpickle.DEFAULT_PROTOCOL)
+    except Exception:
+        return None
+
+
 class _PickledFunction:
     """A function pickled once, embedded as bytes in each of its calls: unpickling a call
     unpickles the function from those bytes (``pickle.loads``), so the worker's protocol is
@@ -75,14 +137,21 @@ class _PickledFunction:
 
 
 class CallPickler:
-    """Pickles the calls of one function: the function once, then each call's arguments."""
+    """Pickles the calls of one function: the function once, then each call's arguments.
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    ``main_by_reference``: the workers import the main script (:func:`children_import_main`),
+    so a top-level function of it travels by name, as with ``ProcessPoolExecutor``: the
+    module globals it reads are the worker's own (set when it imported the script), not
+    pickled with every call. Other functions, and every function otherwise, travel by value.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *, main_by_reference: bool = False) -> None:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         self._what = getattr(fn, "__qualname__", repr(fn))
         try:
-            self._fn = _PickledFunction(dumps_function(fn))
+            blob = _main_reference(fn) if main_by_reference else None
+            self._fn = _PickledFunction(blob if blob is not None else dumps_function(fn))
         except Exception as exc:
             raise SerializationError(f"cannot pickle the call to {self._what}: {exc}") from exc
         self._buffer = io.BytesIO()
@@ -316,7 +385,8 @@ def user_code() -> CodeBundle | None:
     They then travel by reference, as with ProcessPoolExecutor: module state is shared between
     an initializer and the calls, classes keep their identity and remote tracebacks name the
     real files. A user module that cannot be put in the zip (one inside a namespace package)
-    is pickled by value instead. ``__main__`` is always pickled by value (cloudpickle). Cheap
+    is pickled by value instead. ``__main__`` is pickled by value (cloudpickle), but for the
+    top-level functions of a main script that the workers import (:class:`CallPickler`). Cheap
     per submit: the zip is only rebuilt when new modules were imported or one of its files
     changed (an edit picked up by ``importlib.reload`` or IPython's autoreload).
     """

@@ -76,6 +76,10 @@ class Transport(abc.ABC):
         #: ``ProcessPoolExecutor`` marks the calls it moves to its call queue). False means
         #: every call of the task was cancelled: the task must not be sent.
         self.claim: Callable[[str, int], bool] | None = None
+        #: Set by the executor when the user gave no ``max_workers``: a transport that can
+        #: learn what the cluster runs now may change ``max_workers`` in :meth:`open` (the
+        #: core reads it once the transport is open).
+        self.fit_max_workers = False
 
     async def __aenter__(self) -> Transport:
         await self.open()
@@ -111,10 +115,25 @@ class Transport(abc.ABC):
         import them): ``JobSpec.code``. The local transport shares ``sys.path`` instead."""
         return True
 
+    @property
+    def main_by_reference(self) -> bool:
+        """Whether the top-level functions of the caller's main script may travel by name
+        (``__main__.f``) because every worker imports that script, as ``ProcessPoolExecutor``'s
+        spawned workers do. False (by value) unless the transport knows it: a remote host
+        does not have the script."""
+        return False
+
     def default_chunksize(self, n_calls: int) -> int:
         """Calls per array task when ``map`` is given no chunksize: by default, about as many
         tasks as can run at once, since every job costs the scheduler time to launch."""
         return max(1, math.ceil(n_calls / max(1, self.max_workers)))
+
+    def submit_chunks(self, n_calls: int) -> list[int] | None:
+        """How ``n_calls`` single ``submit``s that arrived together (a loop of them) are cut
+        into tasks: the number of calls of each task in turn (a task runs its calls one after
+        the other, as a ``map`` chunk), or None for one call per task (the default: a pool
+        hands each call to a free worker anyway)."""
+        return None
 
     @abc.abstractmethod
     async def submit(self, job: JobSpec) -> JobHandle:

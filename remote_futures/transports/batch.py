@@ -26,6 +26,7 @@ from .. import worker
 from ..errors import SubmissionError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskStatus
 from ..resources import Resources
+from . import capacity
 from .dialect import Dialect, ParsedStatuses, ScriptRequest, render_script
 from .pbs import PBSProDialect, TorqueDialect, detect_pbs_flavor, is_slurm_torque_wrapper
 from .reconcile import JobMemory, Observation, Rules, reconcile, scheduler_done
@@ -60,6 +61,13 @@ _WATCH_STEP = 0.05
 _WATCH_LOOKS = 20
 #: Above this many active jobs, the wait between polls is a plain sleep (a bounded command).
 _WATCH_MAX_DIRS = 64
+#: ``max_workers`` when the user gives none: the cap on what the free slots may set it to.
+_DEFAULT_MAX_WORKERS = 64
+#: The most single submits one array task runs in a row. The calls beyond the first
+#: ``max_workers`` of a burst are cut into ``max_workers`` tasks (one more round of starts);
+#: only a very long burst on few slots, where a task of this many calls would leave too coarse
+#: a grain to balance uneven calls, is cut into more.
+_SUBMIT_CHUNK_CAP = 1000
 
 
 def watch_dirs_command(dirs: Sequence[str], steps: int, step: float = _WATCH_STEP) -> str:
@@ -161,16 +169,62 @@ class BatchTransport(RemoteTransport):
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
-        """Array tasks running at once when the user says nothing (the array throttle)."""
-        return 64
+        """Array tasks running at once when the user says nothing, until the executor opens and
+        learns what the partition can run now (see :meth:`fit_max_workers_to_capacity`)."""
+        return _DEFAULT_MAX_WORKERS
+
+    def submit_chunks(self, n_calls: int) -> list[int] | None:
+        """A burst of single submits: the first ``max_workers`` calls one per task, so that
+        they start at once (and a lone submit, or a few, is not delayed); the rest, which
+        would wait for those slots anyway, in about ``max_workers`` more tasks of several
+        calls (at most ``_SUBMIT_CHUNK_CAP``), as ``map`` chunks its calls: a scheduler starts
+        tasks at a limited rate, a few per second. Calls of a multi-call task can be
+        cancelled while it waits for a slot, not once it runs (they all show as running)."""
+        slots = max(1, self.max_workers)
+        rest = n_calls - slots
+        if rest <= 0:
+            return None
+        size = min(_SUBMIT_CHUNK_CAP, -(-rest // slots))
+        if size == 1:
+            return None
+        return [1] * slots + [size] * (rest // size) + ([rest % size] if rest % size else [])
 
     async def open(self) -> None:
-        """Connect, create the work directory, and learn the scheduler's limits."""
+        """Connect, create the work directory, and learn the scheduler's limits (and, with no
+        ``max_workers`` given, what the partition can run now)."""
         await super().open()
         await self.detect()
+        if self.fit_max_workers:
+            await self.fit_max_workers_to_capacity()
 
     async def detect(self) -> None:
         """Learn what differs between installations of this scheduler (hook)."""
+
+    async def fit_max_workers_to_capacity(self) -> None:
+        """Set ``max_workers`` to the tasks the partition (queue) can start now, from the
+        scheduler's summary command, at most :data:`_DEFAULT_MAX_WORKERS` and at least 1. When
+        the command fails or its output does not say, the fixed default stays."""
+        argv = self.capacity_argv()
+        result = await self.shell.run(shlex.join(argv))
+        slots = self.parse_capacity(result.stdout) if result.ok else None
+        if slots is None:
+            log.info("%s on %s: could not learn the free slots (%s); max_workers stays %d",
+                     self.name, self.shell.label,
+                     (result.stderr.strip() or result.stdout.strip())[-300:] or "no answer",
+                     self.max_workers)
+            return
+        self.max_workers = max(1, min(_DEFAULT_MAX_WORKERS, slots))
+        log.info("%s on %s: %d task slot(s) free now; max_workers=%d", self.name,
+                 self.shell.label, slots, self.max_workers)
+
+    def capacity_argv(self) -> list[str]:
+        """The command that shows what the scheduler can run now (per dialect)."""
+        raise NotImplementedError
+
+    def parse_capacity(self, stdout: str) -> int | None:
+        """Tasks of this executor's resources that can start now, from the output of
+        :meth:`capacity_argv`; None when it does not say."""
+        raise NotImplementedError
 
     # --- submit -------------------------------------------------------------------------------
 
@@ -487,6 +541,16 @@ class SlurmTransport(BatchTransport):
         result = await self.shell.run("scontrol show config 2>/dev/null | grep -i MaxArraySize")
         self.max_tasks_per_job = max(1, parse_max_array_size(result.stdout) - 1)
 
+    def capacity_argv(self) -> list[str]:
+        """``sinfo -h -o "%P %C"`` for the partition asked for (else the default one)."""
+        return capacity.sinfo_argv(self.options.resources.partition)
+
+    def parse_capacity(self, stdout: str) -> int | None:
+        """Idle CPUs of the partition, divided by the CPUs a task asks for."""
+        resources = self.options.resources
+        idle = capacity.parse_sinfo_cpus(stdout, resources.partition)
+        return None if idle is None else capacity.slots_for(idle, resources.cpus)
+
 
 class PBSTransport(BatchTransport):
     """PBS Pro / OpenPBS and Torque (also SchedMD's Torque wrappers over SLURM)."""
@@ -513,6 +577,14 @@ class PBSTransport(BatchTransport):
             self.dialect = PBSProDialect()
         log.info("pbs on %s: %s dialect", self.shell.label, self.dialect.name)
 
+    def capacity_argv(self) -> list[str]:
+        """``pbsnodes -a``: every node's CPUs and what is assigned of them."""
+        return capacity.pbsnodes_argv()
+
+    def parse_capacity(self, stdout: str) -> int | None:
+        """Tasks that fit in the free CPUs of the nodes that take work."""
+        return capacity.parse_pbsnodes(stdout, self.options.resources.cpus or 1)
+
 
 class SGETransport(BatchTransport):
     """Son of Grid Engine / Univa-style: ``qsub -terse``, ``qstat -xml``, ``qacct``, ``qdel``."""
@@ -528,3 +600,14 @@ class SGETransport(BatchTransport):
             memory_resource=options.memory_resource,
             parallel_environment=options.parallel_environment,
         )
+
+    def capacity_argv(self) -> list[str]:
+        """``qstat -g c``: the cluster queues' used and available slots."""
+        return capacity.qstat_gc_argv()
+
+    def parse_capacity(self, stdout: str) -> int | None:
+        """Available slots of the queue asked for (else of every queue), divided by the slots
+        a task takes (its CPUs, through the parallel environment)."""
+        resources = self.options.resources
+        avail = capacity.parse_qstat_gc(stdout, resources.partition)
+        return None if avail is None else capacity.slots_for(avail, resources.cpus)

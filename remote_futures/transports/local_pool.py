@@ -37,6 +37,7 @@ import anyio
 from .. import worker_loop
 from .._source import dumps_function
 from ..errors import ConfigurationError, SerializationError
+from ..serialization import children_import_main
 from ._pool import PoolTransport, PoolWorker
 
 __all__ = ["LocalPoolOptions", "LocalPoolTransport"]
@@ -181,6 +182,7 @@ class LocalPoolTransport(PoolTransport):
         self._initializer: bytes | None = None
         self._initargs: tuple[Any, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._main_by_reference = children_import_main(self._ctx)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -207,6 +209,13 @@ class LocalPoolTransport(PoolTransport):
     def ships_user_code(self) -> bool:
         """False: workers get this process's ``sys.path`` and import the caller's modules."""
         return False
+
+    @property
+    def main_by_reference(self) -> bool:
+        """True with spawn or forkserver when this program has a main script or module:
+        multiprocessing imports it in every worker (as ``__mp_main__``), so its top-level
+        functions travel by name, as with ``ProcessPoolExecutor``."""
+        return self._main_by_reference
 
     def default_chunksize(self, n_calls: int) -> int:
         """One call per task, as ``ProcessPoolExecutor.map``."""

@@ -248,6 +248,11 @@ class PilotTransport(PoolTransport, BatchTransport):
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
 
+    def submit_chunks(self, n_calls: int) -> list[int] | None:
+        """One call per task, as on every pool (not the array jobs' grouping of a burst): a
+        free warm worker takes each call at once, and the next as soon as it answers."""
+        return PoolTransport.submit_chunks(self, n_calls)
+
     async def prepare(self) -> None:
         """Upload the worker (and sync the environment), the worker loop and the relay; write
         the token; start the relay and wait until it listens."""
