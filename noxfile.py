@@ -58,8 +58,11 @@ def bench(session: nox.Session) -> None:
         # submitit runs on the testbed host as the SLURM user, with the testbed's Python.
         session.run("uv", "pip", "install", "--quiet", "--python",
                     "/opt/rf-remote-python/bin/python", "submitit", external=True)
+        # dask-jobqueue's SLURMCluster beside pool=True (its workers run this session's Python).
+        session.install("dask-jobqueue")
         scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py",
-                    "benchmarks/bench_bigargs.py", "benchmarks/bench_pilot_pool.py"]
+                    "benchmarks/bench_bigargs.py", "benchmarks/bench_pilot_pool.py",
+                    "benchmarks/bench_bursts.py", "benchmarks/bench_default_workers.py"]
         with open(facts) as f:
             if "RF_K8S_KUBECONFIG" in f.read():
                 session.install("-e", ".[k8s]")
