@@ -359,6 +359,7 @@ class LocalTransport(Transport):
         assert process.stdin is not None
         sent: collections.deque[int] = collections.deque()
         current: int | None = None
+        started_any = False
         try:
             while job.queue or sent:
                 # Deeper while much is queued (one write feeds several tasks, and the worker
@@ -378,12 +379,19 @@ class LocalTransport(Transport):
                     try:
                         await process.stdin.send("".join(batch).encode())
                     except (anyio.BrokenResourceError, OSError):
+                        current = current if started_any else sent[0]
                         return current
                 line = await reader.readline()
                 if not line:
-                    return current  # the process died
+                    # The process died. One that never started a task (a broken interpreter,
+                    # a missing module) fails the first task it was sent, with its exit status
+                    # and stderr: requeueing it would start such processes for ever.
+                    if not started_any and sent:
+                        current = sent[0]
+                    return current
                 kind, _, rest = line.decode().strip().partition(" ")
                 if kind == "S":
+                    started_any = True
                     current = int(rest)
                     job.started.add(current)
                     job.set_state(current, TaskStatus(TaskState.RUNNING))
