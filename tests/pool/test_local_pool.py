@@ -177,43 +177,40 @@ def test_a_big_argument_for_a_busy_worker_does_not_stall_the_executor(tmp_path: 
     ex.shutdown()
 
 
-def leave_marker(path: str) -> str:
-    Path(path).touch()
-    return path
+def gated_step(step: str, gate: str, markers: str) -> str:
+    """Step "blocked" leaves a marker when it starts and waits for the gate; others leave one."""
+    Path(markers, step).touch()
+    if step == "blocked":
+        wait_for_gate(gate)
+    return step
 
 
-def test_a_call_sent_ahead_to_a_busy_worker_is_running_and_cannot_be_cancelled(
+def test_a_call_sent_ahead_to_a_busy_worker_is_running_and_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The one worker runs a call held by a gate; the next call is sent to it ahead of time,
-    and the worker will start it without asking again. Its future is then running, as with
-    ProcessPoolExecutor's call queue, so ``cancel()`` cannot return True for a call that may
-    run anyway (the skip message would cross the channel behind the first call's end). A call
-    that was not sent ahead can still be cancelled, and never runs. (Calls are sent ahead only
-    to a worker whose last call was short: the threshold is raised so that a loaded machine
-    cannot make the warm-up call look long.)"""
+    """One worker runs a call held by a gate; the map's next call is sent to it ahead of time,
+    and the worker will start it without asking again. That call is running (as in
+    ProcessPoolExecutor's call queue), so closing the map cannot cancel it: it runs. Cancelling
+    it instead (as before) sent a skip message that could cross the call's start, and a call
+    whose future said "cancelled" ran anyway. The call after it was not sent ahead: it is
+    cancelled and never runs. (Calls go ahead only to a worker whose last call was short: the
+    threshold is raised so that a loaded machine cannot make the warm-up call look long.)"""
     monkeypatch.setattr(_pool, "AHEAD_AFTER_SECONDS", 30.0)
-    gate = tmp_path / "gate"
+    gate, markers = tmp_path / "gate", tmp_path / "markers"
+    markers.mkdir()
     with RemoteExecutor(max_workers=1) as ex:
-        assert ex.submit(getpid).result(timeout=60) > 0
+        steps = ["first", "blocked", "ahead", "queued"]
+        results = ex.map(gated_step, steps, [str(gate)] * 4, [str(markers)] * 4, chunksize=1)
         try:
-            blocked = ex.submit(wait_for_gate, str(gate))
-            ahead = ex.submit(leave_marker, str(tmp_path / "ahead"))
+            assert next(results) == "first"  # short: the worker is then sent calls ahead
             deadline = time.monotonic() + 30
-            while not ahead.running() and time.monotonic() < deadline:
+            while not (markers / "blocked").exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert blocked.running()
-            assert ahead.running(), "a call committed to a worker is still shown as pending"
-            queued = ex.submit(leave_marker, str(tmp_path / "queued"))
-            time.sleep(0.2)  # let the loop see it: it stays queued behind the one sent ahead
-            assert not ahead.cancel()
-            assert queued.cancel()
+            time.sleep(0.3)  # the next call went with it; let the loop settle all the same
+            results.close()
         finally:
             gate.touch()
-        assert ahead.result(timeout=60) == str(tmp_path / "ahead")
-        assert blocked.result(timeout=60) is None
-    assert queued.cancelled()
-    assert not (tmp_path / "queued").exists()
+    assert sorted(p.name for p in markers.iterdir()) == ["ahead", "blocked", "first"]
 
 
 def test_max_tasks_per_child_replaces_workers() -> None:
