@@ -43,9 +43,12 @@ class FakePool(PoolTransport):
     def __init__(self, max_workers: int) -> None:
         super().__init__(_Options(), max_workers=max_workers)
         self.started: list[FakeWorker] = []
+        #: Whether new workers count as having just run a short call (tasks are sent ahead).
+        self.quick_workers = False
 
     def start_worker(self) -> PoolWorker | None:
         w = FakeWorker()
+        w.quick = self.quick_workers
         self.started.append(w)
         return w
 
@@ -60,6 +63,7 @@ def _job(tasks: int, grant: int) -> JobSpec:
 
 async def test_a_killed_worker_fails_its_task_and_the_rest_go_to_a_new_worker() -> None:
     pool = FakePool(max_workers=1)
+    pool.quick_workers = True  # as after a short call: the next task is sent ahead
     handle = await pool.submit(_job(3, grant=1))
     first = pool.started[0]
     pool.on_message(first, b"H" + (99).to_bytes(KEY, "big"))
