@@ -222,12 +222,18 @@ class _Relay:
                 elif kind == b"K":
                     with self.lock:
                         control = self.controls.get(who)
+                    told = False
                     if control is not None:
                         try:
                             control.sendall(b"K\n")
+                            told = True
                         except OSError:
                             pass
-                    outgoing.put(None)
+                    if not told:
+                        # No pilot to kill it: closing its input is all that is left. Not
+                        # both: a worker that saw its input end first would exit 0 before
+                        # the kill, and its end would read as a normal exit.
+                        outgoing.put(None)
         except (EOFError, OSError):
             pass
 
