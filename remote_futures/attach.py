@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
@@ -26,6 +26,7 @@ from .errors import ConfigurationError, OutcomeUnavailableError
 from .jobs import JobHandle, JobSpec, TaskSpec
 from .ledger import Call, Job, Task
 from .resources import Resources
+from .runtime import Runtime, make_transport
 from .session import (
     CallRecord,
     JobRecord,
@@ -35,9 +36,6 @@ from .session import (
     ledger_path,
     load_session,
 )
-
-if TYPE_CHECKING:
-    from .executor import _Runtime
 
 __all__ = ["ATTACHABLE", "AttachedSession", "attach_session", "open_session_transport"]
 
@@ -77,8 +75,6 @@ def open_session_transport(
 ) -> Any:
     """The session's transport, built from its saved options (``env`` left out: nothing is
     installed or submitted), ``overrides`` on top; not opened yet."""
-    from .executor import _make_transport
-
     if session.transport not in ATTACHABLE:
         why = _WHY_NOT.get(session.transport, "its jobs do not outlive the client")
         raise ConfigurationError(
@@ -93,7 +89,7 @@ def open_session_transport(
         f"the saved options of session {session.session_id} or the keyword arguments",
     )
     max_workers = session.executor.get("max_workers")
-    return _make_transport(resolved, max_workers if isinstance(max_workers, int) else None)
+    return make_transport(resolved, max_workers if isinstance(max_workers, int) else None)
 
 
 def handle_of(job: JobRecord) -> JobHandle:
@@ -115,8 +111,6 @@ class AttachedSession:
 
     def __init__(self, session: SessionRecord, jobs: list[JobRecord],
                  calls: list[CallRecord], overrides: Mapping[str, Any]) -> None:
-        from .executor import _Runtime
-
         self.session_id = session.session_id
         #: The target the session ran on (a transport or profile name).
         self.target = session.target
@@ -164,7 +158,7 @@ class AttachedSession:
                 f"call {call.seq} of session {self.session_id}: its job is not in the ledger"
             ))
         self.jobs = [job.handle for job in adopted]
-        self._runtime: _Runtime | None = None
+        self._runtime: Runtime | None = None
         if not adopted:
             return  # every future is settled: nothing to connect to
         engine = Engine(transport)
@@ -172,7 +166,7 @@ class AttachedSession:
         engine.cancel_on_stop = False
         recorder = SessionRecorder(self.session_id)
         engine.observer = recorder
-        self._runtime = _Runtime(engine, f"remote_futures-attach-{transport.name}", recorder)
+        self._runtime = Runtime(engine, f"remote_futures-attach-{transport.name}", recorder)
         self._runtime.end_state = "attached"
         self._runtime.portal.call(engine.adopt, adopted)
 

@@ -23,8 +23,8 @@ from .envsync import local_distributions, ship
 from .envsync import remote as env_remote
 from .envsync.plan import env_key, plan_install, wanted_set
 from .errors import ConfigurationError, RemoteFuturesError
-from .executor import _make_transport
 from .login_node import PROBE_COMMANDS, SCHEDULER_COMMANDS, identify_scheduler
+from .runtime import make_transport
 from .shell import Shell
 from .transports.remote import RemoteTransport
 
@@ -79,7 +79,7 @@ def check_target(target: str, options: dict[str, Any]) -> CheckReport:
     try:
         resolved = resolve_target(target, options)
         report.transport = resolved.transport
-        transport = _make_transport(resolved, resolved.executor_options.get("max_workers"))
+        transport = make_transport(resolved, resolved.executor_options.get("max_workers"))
         if not isinstance(transport, RemoteTransport):
             raise _Problem(
                 "unsupported",

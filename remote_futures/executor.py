@@ -16,14 +16,11 @@ the executor closes stops its loop at once, and the transport still cleans up.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
-import os
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,9 +28,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.from_thread
 
-from .config import EXECUTOR_KEYS, ResolvedTarget, resolve_target
+from .config import resolve_target
 from .core import Engine, RemoteFuture
-from .errors import BrokenRemoteExecutor, ConfigurationError
 from .ledger import Call
 from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
 from .logs import quiet_third_party
@@ -41,10 +37,10 @@ from .planning import Request
 from .progress import MapProgress, require_tqdm
 from .resources import Resources
 from .retry import RetryPolicy
+from .runtime import Runtime, interpreter_exiting, make_transport
 from .serialization import CallPickler, dumps_initializer, user_code
 from .session import SessionRecorder, ledger_enabled, new_session_id
-from .transports import transport_class
-from .transports.base import Transport, build_options
+from .transports.base import Transport
 
 __all__ = ["RemoteExecutor", "RemoteFuture"]
 
@@ -52,111 +48,6 @@ if TYPE_CHECKING:
     from .attach import AttachedSession
 
 T = TypeVar("T")
-
-#: Event loops with work that is not finished: held here, not by their executor, so that an
-#: executor dropped with work pending still finishes it (as ProcessPoolExecutor's does).
-_runtimes: set[_Runtime] = set()
-_runtimes_lock = threading.Lock()
-_interpreter_exiting = False
-
-
-class _Runtime:
-    """The event-loop thread running one engine, and its orderly end."""
-
-    def __init__(
-        self, engine: Engine, name: str, recorder: SessionRecorder | None = None
-    ) -> None:
-        self.engine = engine
-        #: The session ledger's writer, closed once the loop has stopped.
-        self.recorder = recorder
-        #: How the session ended, for the ledger (``closed``; ``attached`` for an attach).
-        self.end_state = "closed"
-        self._cm = anyio.from_thread.start_blocking_portal("asyncio", name=name)
-        self.portal = self._cm.__enter__()
-        self.loop: asyncio.AbstractEventLoop = self.portal.call(asyncio.get_running_loop)
-        self.portal.start_task_soon(engine.run)
-        self.closed = False
-        self._close_lock = threading.Lock()
-        # Requests wait here and the loop is woken once per batch, not once per submit: a
-        # wake-up costs a write to the loop's socket and a switch of threads (the GIL), which
-        # dominated the cost of a loop of submits.
-        self._inbox: list[Request] = []
-        self._inbox_lock = threading.Lock()
-        self._wakeup_pending = False
-        with _runtimes_lock:
-            _runtimes.add(self)
-
-    def check_alive(self) -> None:
-        """Raise :class:`BrokenRemoteExecutor` if the loop can no longer take work."""
-        broken = self.engine.broken
-        if broken is not None:
-            raise BrokenRemoteExecutor(str(broken)) from broken.__cause__
-        if self.closed or not self.engine.running or self.loop.is_closed():
-            raise BrokenRemoteExecutor("the executor's event loop is no longer running")
-
-    def hand_over(self, request: Request) -> None:
-        """Queue ``request`` for the loop (any thread), in order."""
-        with self._inbox_lock:
-            self._inbox.append(request)
-            if self._wakeup_pending:
-                return
-            self._wakeup_pending = True
-        try:
-            self.loop.call_soon_threadsafe(self._drain)
-        except RuntimeError:
-            raise BrokenRemoteExecutor("the executor's event loop is no longer running") from None
-
-    def _drain(self) -> None:
-        with self._inbox_lock:
-            requests, self._inbox = self._inbox, []
-            self._wakeup_pending = False
-        for request in requests:
-            self.engine.enqueue(request)
-
-    def cancel_pending(self) -> None:
-        """Cancel every call not running yet."""
-        if not self.closed:
-            try:
-                self.portal.call(self.engine.cancel_pending)
-            except RuntimeError:
-                pass  # the loop already ended: every future was resolved then
-
-    def close(self, *, wait_for_work: bool = True) -> None:
-        """Wait for the work handed over (unless not ``wait_for_work``), then stop the loop:
-        the core cancels the jobs of calls still open and fails them. Interrupted (Ctrl-C), it
-        stops the loop at once."""
-        with self._close_lock:
-            if self.closed:
-                return
-            try:
-                if wait_for_work:
-                    self.portal.call(self.engine.wait_idle)
-                self.portal.call(self.engine.stop)
-            except RuntimeError:
-                pass  # the portal already stopped (the loop ended on its own)
-            except BaseException:
-                self._end(*sys.exc_info())
-                raise
-            self._end(None, None, None)
-
-    def _end(self, *exc_info: Any) -> None:
-        self.closed = True
-        if self.recorder is not None:
-            self.recorder.close(self.end_state)
-        with _runtimes_lock:
-            _runtimes.discard(self)
-        try:
-            self._cm.__exit__(*exc_info)
-        except RuntimeError:
-            pass  # "this portal is not running": nothing left to stop
-
-    def close_in_background(self) -> None:
-        """``close`` in a thread of its own (``shutdown(wait=False)``, a dropped executor)."""
-        if not self.closed:
-            threading.Thread(
-                target=self.close, name="remote_futures-shutdown", daemon=True
-            ).start()
-
 
 class RemoteExecutor(concurrent.futures.Executor):
     """Run calls on a cluster, a remote host, or local subprocesses, as ProcessPoolExecutor does.
@@ -215,7 +106,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         self._progress = bool(settings.get("progress"))
         if self._progress:
             require_tqdm()
-        self._transport = _make_transport(resolved, settings.get("max_workers"))
+        self._transport = make_transport(resolved, settings.get("max_workers"))
         #: This executor's id in the session ledger (``RemoteExecutor.attach(session_id)``).
         self.session_id: str = new_session_id()
         self._recorder = SessionRecorder(self.session_id, enabled=ledger_enabled())
@@ -254,11 +145,11 @@ class RemoteExecutor(concurrent.futures.Executor):
         )
         self._lock = threading.Lock()
         self._shutdown = False
-        self._runtime = _Runtime(self._engine, f"remote_futures-{self._transport.name}",
+        self._runtime = Runtime(self._engine, f"remote_futures-{self._transport.name}",
                                  self._recorder)
         # Dropped without shutdown: finish the pending work in the background, then stop (the
         # futures, not the executor, are what the caller still holds).
-        self._finalizer = weakref.finalize(self, _Runtime.close_in_background, self._runtime)
+        self._finalizer = weakref.finalize(self, Runtime.close_in_background, self._runtime)
         self._finalizer.atexit = False
 
     def __repr__(self) -> str:
@@ -384,7 +275,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         self._runtime.check_alive()
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if _interpreter_exiting:
+        if interpreter_exiting():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def _enqueue(
@@ -479,39 +370,6 @@ async def _async_results(futures: list[RemoteFuture[T]]) -> AsyncIterator[T]:
             future.cancel()
 
 
-#: ProcessPoolExecutor's own constructor options: honoured by the local pool, accepted and
-#: ignored (with a warning) by transports that have no use for them.
-_POOL_ONLY_OPTIONS = ("mp_context", "max_tasks_per_child")
-
-
-def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transport:
-    cls = transport_class(resolved.transport)
-    valid = {field.name for field in dataclasses.fields(cls.Options)}
-    for key in _POOL_ONLY_OPTIONS:
-        if key in resolved.options and key not in valid:
-            if resolved.options[key] is not None:
-                warnings.warn(
-                    f"{key} is ignored by the {resolved.transport!r} transport (it only "
-                    "applies to local worker processes)", stacklevel=3,
-                )
-            resolved.options.pop(key)
-    for key in sorted(resolved.profile_keys - valid):
-        raise ConfigurationError(
-            f"{resolved.profile_source}: unknown key {key!r} for transport "
-            f"{resolved.transport!r}; valid keys: transport, "
-            f"{', '.join(sorted(valid | set(EXECUTOR_KEYS)))}"
-        )
-    parsed = build_options(cls.Options, resolved.options, where=resolved.source)
-    if getattr(parsed, "pool", False):
-        # Warm workers in pilot jobs instead of array jobs (batch schedulers).
-        from .transports.pilot import pilot_class
-
-        cls = pilot_class(cls)
-    transport = cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
-    transport.fit_max_workers = max_workers is None
-    return transport
-
-
 def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> Iterator[T]:
     """Yield results in order, cancelling what is left if the consumer stops early (stdlib)."""
     try:
@@ -534,37 +392,3 @@ def _result_or_cancel(future: concurrent.futures.Future[T], timeout: float | Non
             future.cancel()
     finally:
         del future  # break a reference cycle with the exception in exc_info
-
-
-def _python_exit() -> None:
-    """At interpreter exit, finish the work of executors that were not shut down (and of those
-    dropped with work pending), as ProcessPoolExecutor does, and stop their event-loop threads
-    so the exit is not blocked. After a Ctrl-C, what did not start yet is cancelled instead."""
-    global _interpreter_exiting
-    _interpreter_exiting = True
-    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-    with _runtimes_lock:
-        runtimes = list(_runtimes)
-    for runtime in runtimes:
-        try:
-            if interrupted:
-                runtime.cancel_pending()
-            runtime.close(wait_for_work=not interrupted)
-        except Exception:
-            pass  # nothing useful to do about it at exit
-
-
-threading._register_atexit(_python_exit)  # type: ignore[attr-defined]  # as concurrent.futures
-
-
-def _forget_runtimes_in_child() -> None:
-    """In a process forked from one with executors (a ``fork`` ProcessPoolExecutor's workers),
-    the executors' event-loop threads do not exist: at the child's exit, ``_python_exit`` must
-    not wait for them (it would hang forever), and a lock held by another thread at the moment
-    of the fork must not be inherited locked."""
-    global _runtimes_lock
-    _runtimes_lock = threading.Lock()
-    _runtimes.clear()
-
-
-os.register_at_fork(after_in_child=_forget_runtimes_in_child)

@@ -392,10 +392,10 @@ async def plan_clean(
     unless the ledger says its session's client still runs here. A venv goes when its last
     use is older than that, it is not the most recently used one, no job directory's script
     runs it, and no sync holds its lock."""
-    from .executor import _make_transport
+    from .runtime import make_transport
 
     resolved = resolve_target(target, {**options, "forward_output": False})
-    transport = _make_transport(resolved, None)
+    transport = make_transport(resolved, None)
     if not isinstance(transport, RemoteTransport):
         raise ConfigurationError(f"{target!r} has no job directories to clean (only the batch "
                                  "schedulers and ssh-jobs keep them)")

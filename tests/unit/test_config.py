@@ -327,7 +327,7 @@ def test_profile_takes_resources_and_env_of_a_batch_transport(
 ) -> None:
     """The transport keywords ``resources`` and ``env`` reach the transport's options, next to
     the executor's own ``max_workers`` (built without connecting anywhere)."""
-    from remote_futures.executor import _make_transport
+    from remote_futures.runtime import make_transport
 
     write_config(
         """
@@ -341,7 +341,7 @@ def test_profile_takes_resources_and_env_of_a_batch_transport(
     )
     resolved = resolve_target("cluster", {"resources": {"cpus": 2}})
     assert resolved.executor_options == {"max_workers": 7}
-    transport = _make_transport(resolved, resolved.executor_options["max_workers"])
+    transport = make_transport(resolved, resolved.executor_options["max_workers"])
     assert transport.max_workers == 7
     assert transport.options.resources.cpus == 2  # the keyword argument wins
     assert "numpy==2.1.0" in str(transport.options.env)

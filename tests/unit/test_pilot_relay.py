@@ -226,7 +226,7 @@ def test_pool_and_its_options_come_from_a_profile_and_keywords_override_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from remote_futures.config import resolve_target
-    from remote_futures.executor import _make_transport
+    from remote_futures.runtime import make_transport
     from remote_futures.transports.batch import SlurmTransport
     from remote_futures.transports.pilot import SlurmPilotTransport
 
@@ -236,9 +236,9 @@ def test_pool_and_its_options_come_from_a_profile_and_keywords_override_them(
         'pool = true\nworkers_per_job = 2\nidle_timeout = 30.0\n'
     )
     monkeypatch.setenv("REMOTE_FUTURES_CONFIG", str(config))
-    transport = _make_transport(resolve_target("hpc", {}), None)
+    transport = make_transport(resolve_target("hpc", {}), None)
     assert type(transport) is SlurmPilotTransport
     assert transport.workers_per_job == 2
     assert transport.options.idle_timeout == 30.0
-    transport = _make_transport(resolve_target("hpc", {"pool": False}), None)
+    transport = make_transport(resolve_target("hpc", {"pool": False}), None)
     assert type(transport) is SlurmTransport
