@@ -362,11 +362,7 @@ class PilotTransport(PoolTransport, BatchTransport):
     async def submit(self, job: JobSpec) -> JobHandle:
         """Upload the caller's code bundle if it is new, then hand the job's tasks to the
         workers (see the pool)."""
-        if job.code is not None and job.code.name not in self._uploaded_code:
-            code_dir = posixpath.join(self.work_dir, worker.CODE_DIR)
-            await self.shell.makedirs(code_dir)
-            await self.shell.write_file(posixpath.join(code_dir, job.code.name), job.code.data)
-            self._uploaded_code.add(job.code.name)
+        await self.upload_code(job)
         if job.resources != self.options.resources and not self._warned_resources:
             self._warned_resources = True
             log.warning("%s: the calls of a with_resources view run on the pilots, with the "

@@ -369,6 +369,15 @@ class RemoteTransport(Transport):
         """The worker's command line for one job, without the task option."""
         return " ".join(shlex.quote(part) for part in (self.python, self.worker_path, job_dir))
 
+    async def upload_code(self, job: JobSpec) -> None:
+        """Upload the caller's code bundle of ``job`` into the work dir's code directory,
+        once per content (its name is its hash), where the worker puts it on ``sys.path``."""
+        if job.code is not None and job.code.name not in self._uploaded_code:
+            code_dir = posixpath.join(self.work_dir, worker.CODE_DIR)
+            await self.shell.makedirs(code_dir)
+            await self.shell.write_file(posixpath.join(code_dir, job.code.name), job.code.data)
+            self._uploaded_code.add(job.code.name)
+
     async def upload_job(self, job: JobSpec) -> str:
         """Create the job directory (mode 0700) and upload its payloads as one bundle.
 
@@ -376,11 +385,7 @@ class RemoteTransport(Transport):
         (:meth:`unpack_command`), saving a round trip per task."""
         job_dir = posixpath.join(self.jobs_dir, job.name)
         await self.shell.makedirs(job_dir, mode=0o700)
-        if job.code is not None and job.code.name not in self._uploaded_code:
-            code_dir = posixpath.join(self.work_dir, worker.CODE_DIR)
-            await self.shell.makedirs(code_dir)
-            await self.shell.write_file(posixpath.join(code_dir, job.code.name), job.code.data)
-            self._uploaded_code.add(job.code.name)
+        await self.upload_code(job)
         bundle = pickle.dumps(
             {task.index: task.payload for task in job.tasks}, protocol=worker.ENVELOPE_PROTOCOL
         )

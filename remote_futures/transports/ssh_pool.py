@@ -175,11 +175,7 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
     async def submit(self, job: JobSpec) -> JobHandle:
         """Upload the caller's code bundle if it is new, then start the job's tasks on the
         workers (see the pool)."""
-        if job.code is not None and job.code.name not in self._uploaded_code:
-            code_dir = posixpath.join(self.work_dir, worker.CODE_DIR)
-            await self.shell.makedirs(code_dir)
-            await self.shell.write_file(posixpath.join(code_dir, job.code.name), job.code.data)
-            self._uploaded_code.add(job.code.name)
+        await self.upload_code(job)
         return await PoolTransport.submit(self, job)
 
     # --- workers ------------------------------------------------------------------------------
