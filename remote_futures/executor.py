@@ -37,6 +37,8 @@ from .errors import BrokenRemoteExecutor, ConfigurationError
 from .ledger import Call
 from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
 from .logs import quiet_third_party
+from .output import DEFAULT_PREFIX, OutputForwarder, check_prefix
+from .output import check_mode as check_output_mode
 from .planning import Request
 from .progress import MapProgress, require_tqdm
 from .resources import Resources
@@ -167,6 +169,13 @@ class RemoteExecutor(concurrent.futures.Executor):
     ``progress=True`` shows a bar per ``map`` on stderr (queued, running, done, failed); it
     needs tqdm (the ``[progress]`` extra).
 
+    ``output`` says when what the calls print reaches this process's stdout and stderr:
+    ``"live"`` (default: line by line while they run, as a ``ProcessPoolExecutor`` child's
+    prints do), ``"end"`` (each call's in one piece when it ends) or ``"off"``. With
+    ``max_workers > 1`` each line is tagged with its call, ``output_prefix`` being the tag's
+    format (fields ``job`` and ``call``; default ``"[{job}.{call}] "``; ``""``: no tag). See
+    :mod:`remote_futures.output` for what each transport forwards live.
+
     An executor dropped while work is pending finishes that work, then releases its jobs.
     """
 
@@ -180,6 +189,8 @@ class RemoteExecutor(concurrent.futures.Executor):
         retries: int | None = None,
         retry_on: Sequence[type[BaseException]] | None = None,
         progress: bool | None = None,
+        output: str = "live",
+        output_prefix: str | None = None,
         **options: Any,
     ) -> None:
         if isinstance(target, int) and not isinstance(target, bool):
@@ -189,6 +200,8 @@ class RemoteExecutor(concurrent.futures.Executor):
             max_workers, target = target, "local"
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
+        check_output_mode(output)
+        prefix = DEFAULT_PREFIX if output_prefix is None else check_prefix(output_prefix)
         quiet_third_party()
         resolved = resolve_target(target, options)  # type: ignore[arg-type]
         # The profile's executor keywords, overridden by the ones given here.
@@ -200,6 +213,12 @@ class RemoteExecutor(concurrent.futures.Executor):
         if self._progress:
             require_tqdm()
         self._transport = _make_transport(resolved, settings.get("max_workers"))
+        if getattr(self._transport.options, "forward_output", True) is False:
+            output = "off"  # the transports' older switch says the same
+        # Tags only when several calls may print at once.
+        self._transport.output = OutputForwarder(
+            output, prefix if self._transport.max_workers > 1 else ""
+        )
         if (resolved.transport in SCHEDULER_COMMANDS
                 and getattr(self._transport.options, "host", None) is None):
             # No host: this machine is the login node. Say so now if it is not, before a

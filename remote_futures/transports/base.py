@@ -37,6 +37,7 @@ import anyio
 
 from ..errors import ConfigurationError
 from ..jobs import JobHandle, JobSpec, JobStatus
+from ..output import OutputForwarder
 
 __all__ = ["Transport", "build_options"]
 
@@ -61,6 +62,9 @@ class Transport(abc.ABC):
     #: and the transport must never run more of its tasks at once. Without it, the core submits
     #: only jobs all of whose tasks it can grant a slot, splitting larger ones.
     supports_throttle: bool = False
+    #: Where what the calls print goes (the executor sets its own, from ``output=``);
+    #: transports that can show it while calls run forward it there.
+    output: OutputForwarder = OutputForwarder()
 
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options
