@@ -84,7 +84,7 @@ class OutputForwarder:
         """Whether output is forwarded at all."""
         return self.mode != "off"
 
-    def format(self, job: str, call: int | None, text: str) -> str:
+    def format(self, job: str, call: int | str | None, text: str) -> str:
         """``text`` (whole lines, the last maybe unfinished) as it is written: each line
         tagged when there is a prefix and the call is known. A tagged piece always ends a
         line, so that the next call's tag starts one."""
@@ -94,9 +94,12 @@ class OutputForwarder:
         tagged = "".join(tag + line for line in text.splitlines(keepends=True))
         return tagged if tagged.endswith(("\n", "\r")) else tagged + "\n"
 
-    def forward(self, stream: int, job: str, call: int | None, data: bytes | str) -> None:
-        """Write ``data``, printed by call ``call`` of job ``job`` (None: not by a call) on
-        its ``stream`` (1: stdout, 2: stderr), to this process's matching stream."""
+    def forward(
+        self, stream: int, job: str, call: int | str | None, data: bytes | str
+    ) -> None:
+        """Write ``data``, printed by call ``call`` of job ``job`` (None: not by a call; a
+        range ``"3-5"``: by a task running those calls) on its ``stream`` (1: stdout, 2:
+        stderr), to this process's matching stream."""
         if self.mode == "off" or not data:
             return
         text = data.decode("utf-8", "replace") if isinstance(data, bytes | bytearray) else data

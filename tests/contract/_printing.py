@@ -84,3 +84,14 @@ def print_partial(tag: str) -> str:
     print(f"whole {tag}")
     print(f"unfinished {tag}", end="")
     return tag
+
+
+def print_many_around_a_gate(count: int, gate: str, timeout: float = 120.0) -> int:
+    """Print ``count`` numbered lines, wait for ``gate``, print ``count`` more."""
+    for i in range(count):
+        print(f"line {i:06d} of the first half")
+    print("first half done")
+    _wait_for(gate, timeout)
+    for i in range(count, 2 * count):
+        print(f"line {i:06d} of the second half")
+    return 2 * count
