@@ -342,21 +342,25 @@ class RemoteExecutor(concurrent.futures.Executor):
         iterables: Sequence[Iterable[Any]],
         chunksize: int | None,
         resources: Resources,
-    ) -> list[RemoteFuture[T]]:
+    ) -> tuple[list[RemoteFuture[T]], MapProgress | None]:
+        """The map's futures, and its progress bar (``progress=True``)."""
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
         pickler = CallPickler(fn)
         blobs = [pickler.dumps(args, {}) for args in zip(*iterables, strict=False)]
         if not blobs:
-            return []
+            return [], None
         size = chunksize or self._transport.default_chunksize(len(blobs))
         futures: list[RemoteFuture[T]] = self._enqueue(
             [blobs[i : i + size] for i in range(0, len(blobs), size)], resources, coalesce=False
         )
         if self._progress:
-            MapProgress(futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})")
-        return futures
+            bar = MapProgress(
+                futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})"
+            )
+            return futures, bar
+        return futures, None
 
     def _submit_future(
         self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any],
@@ -414,15 +418,15 @@ class ResourceView:
     ) -> Iterator[T]:
         """``RemoteExecutor.map`` with these resources."""
         end_time = None if timeout is None else timeout + time.monotonic()
-        futures = self.executor._map_futures(fn, iterables, chunksize, self.resources)
-        return _result_iterator(futures, end_time)
+        futures, bar = self.executor._map_futures(fn, iterables, chunksize, self.resources)
+        return _result_iterator(futures, end_time, None if bar is None else bar.wait_closed)
 
     def amap(
         self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
     ) -> AsyncIterator[T]:
         """``RemoteExecutor.amap`` with these resources: the calls are handed over at once
         (unpicklable arguments raise here), results come in order."""
-        futures = self.executor._map_futures(fn, iterables, chunksize, self.resources)
+        futures, _ = self.executor._map_futures(fn, iterables, chunksize, self.resources)
         return _async_results(futures)
 
 
@@ -461,8 +465,12 @@ def _make_transport(resolved: ResolvedTarget, max_workers: int | None) -> Transp
     return cls(parsed, max_workers=max_workers or cls.default_max_workers(parsed))
 
 
-def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> Iterator[T]:
-    """Yield results in order, cancelling what is left if the consumer stops early (stdlib)."""
+def _result_iterator(
+    futures: list[RemoteFuture[T]], end_time: float | None,
+    settled: Callable[[], None] | None = None,
+) -> Iterator[T]:
+    """Yield results in order, cancelling what is left if the consumer stops early (stdlib);
+    once all were yielded, wait for ``settled`` (the map's progress bar drawing its end)."""
     try:
         futures.reverse()
         while futures:
@@ -470,6 +478,8 @@ def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> 
                 yield _result_or_cancel(futures.pop())
             else:
                 yield _result_or_cancel(futures.pop(), end_time - time.monotonic())
+        if settled is not None:
+            settled()
     finally:
         for future in futures:
             future.cancel()
