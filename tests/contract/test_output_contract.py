@@ -203,9 +203,13 @@ def test_output_end_holds_each_calls_lines_until_it_ends(
         "B1", "B2", "A1", "A2"]
 
 
+@pytest.mark.parametrize(
+    "contract_target", [*LIVE_TARGETS, "local-jobs", "kubernetes", "ec2"]
+)
 def test_output_off_forwards_nothing(
     make_executor: MakeExecutor, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """``output="off"`` silences every transport, those that forward at a task's end too."""
     with make_executor(max_workers=2, output="off") as ex:
         assert list(ex.map(speak, ["q", "r"])) == ["q", "r"]
     out, err = capfd.readouterr()
