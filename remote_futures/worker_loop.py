@@ -179,6 +179,8 @@ class _CallOutput(io.RawIOBase):
         self._live = live
         self._pid = os.getpid()
         self._pending = bytearray()
+        # The call's own threads write too, while the main thread ends the call.
+        self._lock = threading.Lock()
         self.call = NO_CALL
 
     def writable(self) -> bool:
@@ -195,23 +197,25 @@ class _CallOutput(io.RawIOBase):
         if os.getpid() != self._pid:
             os.write(self._fd, data)  # a forked child: not ours to frame
             return size
-        self._pending += data
-        if self._live:
-            cut = self._pending.rfind(b"\n") + 1
-            if cut:
-                self._send(cut)
-            elif len(self._pending) > _LINE_MAX:
+        with self._lock:
+            self._pending += data
+            if self._live:
+                cut = self._pending.rfind(b"\n") + 1
+                if cut:
+                    self._send(cut)
+                elif len(self._pending) > _LINE_MAX:
+                    self._send(len(self._pending))
+            elif len(self._pending) > _HOLD_MAX:
                 self._send(len(self._pending))
-        elif len(self._pending) > _HOLD_MAX:
-            self._send(len(self._pending))
         return size
 
     def end_call(self, following: int) -> None:
         """The call ended (its streams flushed): send what it left, and tag what comes next
         with ``following``."""
-        if self._pending:
-            self._send(len(self._pending))
-        self.call = following
+        with self._lock:
+            if self._pending:
+                self._send(len(self._pending))
+            self.call = following
 
     def _send(self, cut: int) -> None:
         data = bytes(self._pending[:cut])
