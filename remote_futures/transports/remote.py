@@ -517,8 +517,13 @@ class RemoteTransport(Transport):
             offset = done.offsets.get((task, kind), 0)
             data = found[path][offset:]
             done.offsets[(task, kind)] = offset + len(data)
+            # A task whose every outcome is listed printed all it will (the worker flushes
+            # before writing an outcome): its unfinished line goes out before the results
+            # (the job may be released before its end is seen).
+            calls = handle.spec.tasks[task].call_indices if task < len(handle.spec.tasks) else ()
             self._emit(handle, done, task, kind, data,
-                       ended=task in (final or {}).get(handle, ()))
+                       ended=task in (final or {}).get(handle, ())
+                       or (bool(calls) and done.calls.issuperset(calls)))
         for handle, some in (final or {}).items():
             record = self._output.get(handle)
             if record is not None:

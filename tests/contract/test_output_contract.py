@@ -5,17 +5,18 @@ instances, as ``ssh-jobs``), the last two tailing the tasks' output files while 
 
 A call prints, then blocks on a gate file that only the test opens: the test sees the first
 line arrive while the call is still running (ordering by events, not by timing), then opens
-the gate. Every test reads the caller's real file descriptors (``capfd``).
+the gate. Every test records what the executor writes to ``sys.stdout``/``sys.stderr``
+(``_outcapture``: unlike ``capfd.readouterr``, it never drops what arrives while it reads).
 """
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _outcapture import OutputRecorder
 from _printing import (
     print_many_around_a_gate,
     print_partial,
@@ -43,29 +44,17 @@ def contract_target(request: pytest.FixtureRequest) -> str:
     return name
 
 
-class Seen:
-    """What the caller's stdout and stderr received so far."""
-
-    def __init__(self, capfd: pytest.CaptureFixture[str]) -> None:
-        self.capfd = capfd
-        self.out = ""
-        self.err = ""
-
-    def read(self) -> Seen:
-        out, err = self.capfd.readouterr()
-        self.out += out
-        self.err += err
-        return self
-
-    def wait_for(self, text: str, stream: str = "out", timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in getattr(self.read(), stream):
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{text!r} did not reach {stream} within {timeout} s; "
-                    f"out={self.out!r} err={self.err!r}"
-                )
-            time.sleep(0.05)
+@pytest.fixture
+def seen() -> Iterator[OutputRecorder]:
+    """What the executor writes to sys.stdout and sys.stderr during the test (read
+    while calls print without losing a byte, unlike ``capfd.readouterr``)."""
+    # Started by the test itself: pytest points sys.stdout at its own capture again
+    # between a test's set-up and its body.
+    recorder = OutputRecorder()
+    try:
+        yield recorder
+    finally:
+        recorder.stop()
 
 
 def lines(text: str) -> list[str]:
@@ -73,17 +62,17 @@ def lines(text: str) -> list[str]:
 
 
 def test_a_line_arrives_while_the_call_runs(
-    make_executor: MakeExecutor, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    make_executor: MakeExecutor, tmp_path: Path, seen: OutputRecorder,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first lines (stdout and stderr) reach the caller while the call is blocked on
     the gate; after it ends, every line is there exactly once, on its own stream. A local
     worker's streams are not a terminal here: without PYTHONUNBUFFERED (as for most users)
     its prints would wait in a block buffer until the call's end."""
+    seen.start()
     monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
     ex = make_executor(max_workers=1)
     gate = tmp_path / "gate"
-    seen = Seen(capfd)
     try:
         future = ex.submit(print_wait_print, "x", str(gate))
         seen.wait_for("first out x", "out")
@@ -104,15 +93,15 @@ def test_a_line_arrives_while_the_call_runs(
 
 
 def test_much_output_arrives_while_running_once_each_in_order(
-    make_executor: MakeExecutor, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    make_executor: MakeExecutor, tmp_path: Path, seen: OutputRecorder
 ) -> None:
     """More than one poll may read (batch: 256 KiB in all): the first half arrives while the
     call waits for the gate, over several polls; at the end every line is there once, in
     order."""
+    seen.start()
     count = 12000  # about 400 KiB a half
     ex = make_executor(max_workers=1)
     gate = tmp_path / "gate"
-    seen = Seen(capfd)
     try:
         future = ex.submit(print_many_around_a_gate, count, str(gate))
         seen.wait_for("first half done")
@@ -127,12 +116,12 @@ def test_much_output_arrives_while_running_once_each_in_order(
 
 
 def test_lines_are_tagged_with_their_call_when_several_may_run(
-    make_executor: MakeExecutor, capfd: pytest.CaptureFixture[str], contract_target: str
+    make_executor: MakeExecutor, seen: OutputRecorder, contract_target: str
 ) -> None:
+    seen.start()
     ex = make_executor(max_workers=2)
     # One call per task: a batch task running several calls is tagged with their range.
     assert list(ex.map(speak, ["a", "b", "c"], chunksize=1)) == ["a", "b", "c"]
-    seen = Seen(capfd)
     for tag in "abc":
         seen.wait_for(f"stdout says {tag}", "out")
         seen.wait_for(f"stderr says {tag}", "err")
@@ -159,9 +148,9 @@ def test_lines_are_tagged_with_their_call_when_several_may_run(
 
 
 def test_one_worker_prints_untagged_and_a_custom_prefix(
-    make_executor: MakeExecutor, capfd: pytest.CaptureFixture[str]
+    make_executor: MakeExecutor, seen: OutputRecorder
 ) -> None:
-    seen = Seen(capfd)
+    seen.start()
     with make_executor(max_workers=1) as ex:
         assert ex.submit(speak, "solo").result(timeout=120) == "solo"
         seen.wait_for("stdout says solo")
@@ -173,11 +162,11 @@ def test_one_worker_prints_untagged_and_a_custom_prefix(
 
 
 def test_unfinished_last_line_is_not_lost(
-    make_executor: MakeExecutor, capfd: pytest.CaptureFixture[str]
+    make_executor: MakeExecutor, seen: OutputRecorder
 ) -> None:
+    seen.start()
     ex = make_executor(max_workers=2)
     assert ex.submit(print_partial, "p").result(timeout=120) == "p"
-    seen = Seen(capfd)
     seen.wait_for("unfinished p")
     assert seen.out.count("whole p") == 1 and seen.out.count("unfinished p") == 1
     # Tagged output always ends its lines, so that the next call's tag starts one.
@@ -185,13 +174,13 @@ def test_unfinished_last_line_is_not_lost(
 
 
 def test_output_end_holds_each_calls_lines_until_it_ends(
-    make_executor: MakeExecutor, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    make_executor: MakeExecutor, tmp_path: Path, seen: OutputRecorder
 ) -> None:
     """``output="end"``: the lines of a call still running are not shown; those of a call
     that ended are, together."""
+    seen.start()
     ex = make_executor(max_workers=2, output="end", output_prefix="")
     started, gate = tmp_path / "started", tmp_path / "gate"
-    seen = Seen(capfd)
     try:
         a = ex.submit(print_then_signal, "A", str(started), str(gate))
         b = ex.submit(wait_then_print, "B", str(started))
@@ -212,13 +201,13 @@ def test_output_end_holds_each_calls_lines_until_it_ends(
     "contract_target", [*LIVE_TARGETS, "local-jobs", "kubernetes"]
 )
 def test_output_off_forwards_nothing(
-    make_executor: MakeExecutor, capfd: pytest.CaptureFixture[str]
+    make_executor: MakeExecutor, seen: OutputRecorder
 ) -> None:
     """``output="off"`` silences every transport, those that forward at a task's end too."""
+    seen.start()
     with make_executor(max_workers=2, output="off") as ex:
         assert list(ex.map(speak, ["q", "r"])) == ["q", "r"]
-    out, err = capfd.readouterr()
-    assert "says" not in out and "says" not in err
+    assert "says" not in seen.out and "says" not in seen.err
 
 
 def test_bad_output_options_are_refused_before_anything_runs(contract_target: str) -> None:
