@@ -14,19 +14,23 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.timeout(300)
 
+# An executor per cell: ipykernel attributes what a thread sends to the cell that started
+# it, and nbclient keeps only the running cell's messages (a front end shows every widget
+# update wherever it came from), so a bar updated by an executor thread started in an earlier
+# cell would not be recorded here.
 CELLS = [
     """
 import math
 from remote_futures import RemoteExecutor
-ex = RemoteExecutor("local", max_workers=2, progress=True)
-print(list(ex.map(abs, range(-5, 0), chunksize=1)))
+with RemoteExecutor("local", max_workers=2, progress=True) as ex:
+    print(list(ex.map(abs, range(-5, 0), chunksize=1)))
 """,
     """
-try:
-    list(ex.map(math.sqrt, [1, -1, 4], chunksize=1))
-except ValueError as exc:
-    print("failed as expected:", exc)
-ex.shutdown()
+with RemoteExecutor("local", max_workers=2, progress=True) as ex:
+    try:
+        list(ex.map(math.sqrt, [1, -1, 4], chunksize=1))
+    except ValueError as exc:
+        print("failed as expected:", exc)
 """,
 ]
 
