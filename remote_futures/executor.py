@@ -33,6 +33,8 @@ from .core import Engine, RemoteFuture
 from .ledger import Call
 from .login_node import SCHEDULER_COMMANDS, check_scheduler_here
 from .logs import quiet_third_party
+from .output import DEFAULT_PREFIX, OutputForwarder, check_prefix
+from .output import check_mode as check_output_mode
 from .planning import Request
 from .progress import MapProgress, require_tqdm
 from .resources import Resources
@@ -70,6 +72,13 @@ class RemoteExecutor(concurrent.futures.Executor):
     ``progress=True`` shows a bar per ``map`` on stderr (queued, running, done, failed); it
     needs tqdm (the ``[progress]`` extra).
 
+    ``output`` says when what the calls print reaches this process's stdout and stderr:
+    ``"live"`` (default: line by line while they run, as a ``ProcessPoolExecutor`` child's
+    prints do), ``"end"`` (each call's in one piece when it ends) or ``"off"``. With
+    ``max_workers > 1`` each line is tagged with its call, ``output_prefix`` being the tag's
+    format (fields ``job`` and ``call``; default ``"[{job}.{call}] "``; ``""``: no tag). See
+    :mod:`remote_futures.output` for what each transport forwards live.
+
     An executor dropped while work is pending finishes that work, then releases its jobs.
 
     Each executor has a ``session_id`` and records its calls and jobs in a local ledger
@@ -87,6 +96,8 @@ class RemoteExecutor(concurrent.futures.Executor):
         retries: int | None = None,
         retry_on: Sequence[type[BaseException]] | None = None,
         progress: bool | None = None,
+        output: str = "live",
+        output_prefix: str | None = None,
         **options: Any,
     ) -> None:
         if isinstance(target, int) and not isinstance(target, bool):
@@ -96,6 +107,8 @@ class RemoteExecutor(concurrent.futures.Executor):
             max_workers, target = target, "local"
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
+        check_output_mode(output)
+        prefix = DEFAULT_PREFIX if output_prefix is None else check_prefix(output_prefix)
         quiet_third_party()
         resolved = resolve_target(target, options)  # type: ignore[arg-type]
         # The profile's executor keywords, overridden by the ones given here.
@@ -111,6 +124,12 @@ class RemoteExecutor(concurrent.futures.Executor):
         self.session_id: str = new_session_id()
         self._recorder = SessionRecorder(self.session_id, enabled=ledger_enabled())
         self._next_seq = 0
+        if getattr(self._transport.options, "forward_output", True) is False:
+            output = "off"  # the transports' older switch says the same
+        # Tags only when several calls may print at once.
+        self._transport.output = OutputForwarder(
+            output, prefix if self._transport.max_workers > 1 else ""
+        )
         if (resolved.transport in SCHEDULER_COMMANDS
                 and getattr(self._transport.options, "host", None) is None):
             # No host: this machine is the login node. Say so now if it is not, before a
@@ -242,14 +261,15 @@ class RemoteExecutor(concurrent.futures.Executor):
         iterables: Sequence[Iterable[Any]],
         chunksize: int | None,
         resources: Resources,
-    ) -> list[RemoteFuture[T]]:
+    ) -> tuple[list[RemoteFuture[T]], MapProgress | None]:
+        """The map's futures, and its progress bar (``progress=True``)."""
         if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         self._check_open()
         pickler = CallPickler(fn, main_by_reference=self._main_by_reference)
         blobs = [pickler.dumps(args, {}) for args in zip(*iterables, strict=False)]
         if not blobs:
-            return []
+            return [], None
         # With no chunksize the core chunks the calls when it plans them (by the transport's
         # default_chunksize), once the transport is open and knows its max_workers.
         size = chunksize or 1
@@ -258,8 +278,11 @@ class RemoteExecutor(concurrent.futures.Executor):
             coalesce=False, auto_chunk=chunksize is None,
         )
         if self._progress:
-            MapProgress(futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})")
-        return futures
+            bar = MapProgress(
+                futures, desc=f"{getattr(fn, '__name__', 'map')} ({self._transport.name})"
+            )
+            return futures, bar
+        return futures, None
 
     def _submit_future(
         self, fn: Callable[..., T], args: Sequence[Any], kwargs: dict[str, Any],
@@ -349,15 +372,15 @@ class ResourceView:
     ) -> Iterator[T]:
         """``RemoteExecutor.map`` with these resources."""
         end_time = None if timeout is None else timeout + time.monotonic()
-        futures = self.executor._map_futures(fn, iterables, chunksize, self.resources)
-        return _result_iterator(futures, end_time)
+        futures, bar = self.executor._map_futures(fn, iterables, chunksize, self.resources)
+        return _result_iterator(futures, end_time, None if bar is None else bar.wait_closed)
 
     def amap(
         self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
     ) -> AsyncIterator[T]:
         """``RemoteExecutor.amap`` with these resources: the calls are handed over at once
         (unpicklable arguments raise here), results come in order."""
-        futures = self.executor._map_futures(fn, iterables, chunksize, self.resources)
+        futures, _ = self.executor._map_futures(fn, iterables, chunksize, self.resources)
         return _async_results(futures)
 
 
@@ -370,8 +393,12 @@ async def _async_results(futures: list[RemoteFuture[T]]) -> AsyncIterator[T]:
             future.cancel()
 
 
-def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> Iterator[T]:
-    """Yield results in order, cancelling what is left if the consumer stops early (stdlib)."""
+def _result_iterator(
+    futures: list[RemoteFuture[T]], end_time: float | None,
+    settled: Callable[[], None] | None = None,
+) -> Iterator[T]:
+    """Yield results in order, cancelling what is left if the consumer stops early (stdlib);
+    once all were yielded, wait for ``settled`` (the map's progress bar drawing its end)."""
     try:
         futures.reverse()
         while futures:
@@ -379,6 +406,8 @@ def _result_iterator(futures: list[RemoteFuture[T]], end_time: float | None) -> 
                 yield _result_or_cancel(futures.pop())
             else:
                 yield _result_or_cancel(futures.pop(), end_time - time.monotonic())
+        if settled is not None:
+            settled()
     finally:
         for future in futures:
             future.cancel()

@@ -63,6 +63,13 @@ class MapProgress:
         for future in futures:
             future.add_done_callback(self._on_done)
 
+    def wait_closed(self, timeout: float = 5.0) -> None:
+        """Wait until the bar drew its last state. A future's waiters wake before its
+        done-callbacks run: a ``map`` that returns its last result without waiting would let
+        the caller's next print come before the bar's end (and, in Jupyter, the cell end
+        before the widget's last update)."""
+        self._wake.wait(timeout)
+
     def _on_done(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             if future not in self._pending:

@@ -20,6 +20,11 @@ Messages on the connection (``Connection.send_bytes``), each one frame::
                        b"T" + key(8)                     the task ended (skipped)
                        b"O" + bytes                      what a call printed (remote hosts)
                        b"E" + bytes                      ... to stderr (``--capture-stderr``)
+                       b"P" + stream(1) + index(8) + bytes  what a call printed to sys.stdout
+                                                          (stream b"1") or sys.stderr (b"2"):
+                                                          whole lines (live output) or all of
+                                                          it at the call's end; index 2**64-1:
+                                                          not printed by a call
 
 ``B`` frames (on a host's stream channel only) carry the large buffers of a call or a result
 beside its pickle (``worker.dumps_value``): written from the sender's memory as they are, read
@@ -43,11 +48,18 @@ import io
 import os
 import pickle
 import sys
+import threading
 import traceback
 import types
 from typing import Any
 
 _KEY = 8
+#: The index of ``P`` frames printed outside any call (an initializer, a thread left running).
+NO_CALL = (1 << 64) - 1
+#: A live stream's unfinished line is sent anyway once it is this long; a call's output held
+#: to its end is sent in pieces of this size (the memory held stays bounded).
+_LINE_MAX = 64 * 1024
+_HOLD_MAX = 1 << 20
 #: Unpickled functions kept per worker (by their pickled bytes), most recently used last.
 _FUNCTION_CACHE_SIZE = 32
 
@@ -159,6 +171,107 @@ def run_call(
         return error
 
 
+class _Serialized:
+    """A connection whose sends may come from several threads (a call's own threads print
+    too): one message is written whole before the next."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send_bytes(self, data: bytes) -> None:
+        with self._lock:
+            self._conn.send_bytes(data)
+
+    def send_parts(self, *parts: Any) -> None:
+        with self._lock:
+            if isinstance(self._conn, _StreamChannel):
+                self._conn.send_parts(*parts)
+            else:
+                self._conn.send_bytes(b"".join(parts))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _CallOutput(io.RawIOBase):
+    """The bytes under ``sys.stdout`` or ``sys.stderr`` while calls run: sent to the parent
+    as ``P`` frames tagged with the running call, whole lines at a time (``live``) or all at
+    the call's end. ``fileno()`` is the process's own descriptor (what C code and child
+    processes write to), and a process forked by a call writes there too: only this process
+    may send frames on the connection."""
+
+    def __init__(self, conn: Any, stream: int, fd: int, live: bool) -> None:
+        super().__init__()
+        self._conn = conn
+        self._head = b"P" + str(stream).encode()
+        self._fd = fd
+        self._live = live
+        self._pid = os.getpid()
+        self._pending = bytearray()
+        # The call's own threads write too, while the main thread ends the call.
+        self._lock = threading.Lock()
+        self.call = NO_CALL
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        size = len(data) if isinstance(data, bytes | bytearray) else memoryview(data).nbytes
+        if os.getpid() != self._pid:
+            os.write(self._fd, data)  # a forked child: not ours to frame
+            return size
+        with self._lock:
+            self._pending += data
+            if self._live:
+                cut = self._pending.rfind(b"\n") + 1
+                if cut:
+                    self._send(cut)
+                elif len(self._pending) > _LINE_MAX:
+                    self._send(len(self._pending))
+            elif len(self._pending) > _HOLD_MAX:
+                self._send(len(self._pending))
+        return size
+
+    def end_call(self, following: int) -> None:
+        """The call ended (its streams flushed): send what it left, and tag what comes next
+        with ``following``."""
+        with self._lock:
+            if self._pending:
+                self._send(len(self._pending))
+            self.call = following
+
+    def _send(self, cut: int) -> None:
+        data = bytes(self._pending[:cut])
+        del self._pending[:cut]
+        try:
+            self._conn.send_bytes(self._head + self.call.to_bytes(_KEY, "big") + data)
+        except (OSError, ValueError):
+            pass  # the parent went away: the main loop sees it
+
+
+def _capture_output(conn: Any, live: bool) -> tuple[_CallOutput, _CallOutput]:
+    """Point ``sys.stdout`` and ``sys.stderr`` at frames on ``conn`` (line-buffered, as on a
+    terminal, so that a ``print`` leaves when it is made)."""
+    _flush()
+    captured = []
+    for stream, fd, name in ((1, 1, "stdout"), (2, 2, "stderr")):
+        raw = _CallOutput(conn, stream, fd, live)
+        text = io.TextIOWrapper(
+            io.BufferedWriter(raw), encoding="utf-8", errors="backslashreplace",
+            line_buffering=True,
+        )
+        setattr(sys, name, text)
+        captured.append(raw)
+    return captured[0], captured[1]
+
+
 def _redirect(fd: int, conn: Any) -> None:
     """Point this process's ``fd`` at the write end of a pipe the parent reads."""
     if conn is None:
@@ -178,6 +291,7 @@ def serve(
     code_dir: str | None = None,
     captured_stdout: int | None = None,
     captured_stderr: int | None = None,
+    output: str | None = None,
 ) -> None:
     """Take tasks from ``conn`` until told to stop or the parent goes away.
 
@@ -186,10 +300,18 @@ def serve(
     is the path of ``worker.py``; ``code_dir`` holds the caller's code bundles (remote hosts);
     ``captured_stdout``, a file the calls' stdout goes to, is sent after each call (``O``);
     ``captured_stderr`` likewise for stderr (``E``), so that it arrives before the outcome.
+    ``output`` (``"live"`` or ``"end"``; None: neither) sends what the calls print to
+    ``sys.stdout``/``sys.stderr`` as ``P`` frames, line by line or at each call's end.
     """
     _redirect(1, stdout)
     _redirect(2, stderr)
     proto = _load_protocol(protocol)
+    # A host's channel takes buffers beside the pickles (B frames); a local pipe does not.
+    out_of_band = isinstance(conn, _StreamChannel)
+    streams: tuple[_CallOutput, _CallOutput] | None = None
+    if output in ("live", "end"):
+        conn = _Serialized(conn)
+        streams = _capture_output(conn, output == "live")
     conn.send_bytes(b"H" + os.getpid().to_bytes(_KEY, "big"))
     failure: dict[str, Any] | None = None
     if initializer is not None:
@@ -204,19 +326,20 @@ def serve(
             )
         finally:
             _flush()
+            if streams is not None:
+                streams[0].end_call(NO_CALL)
+                streams[1].end_call(NO_CALL)
     pending: collections.deque[tuple[bytes, memoryview, list[bytearray]]] = collections.deque()
     skipped: set[bytes] = set()
     envelope_initializer_done = False
     checked_environment = False
-    # A host's channel takes buffers beside the pickles (B frames); a local pipe does not.
-    streams = isinstance(conn, _StreamChannel)
 
     def take(message: bytes) -> bool:
         kind = bytes(message[:1])
         if kind == b"X":
             # The payload as a view of the message: slicing it would copy it. The buffers
             # read since the previous task are this one's.
-            frames = conn.take_frames() if streams else []
+            frames = conn.take_frames() if out_of_band else []
             pending.append(
                 (bytes(message[1 : 1 + _KEY]), memoryview(message)[1 + _KEY :], frames)
             )
@@ -278,10 +401,15 @@ def serve(
         position = 0
         while calls:
             index, blob, buffers = calls.pop()
-            out: list[Any] | None = [] if streams else None
+            if streams is not None:
+                streams[0].call = streams[1].call = index
+            out: list[Any] | None = [] if out_of_band else None
             outcome = problem if problem is not None else run_call(blob, proto, buffers, out)
             del blob, buffers
             _flush()
+            if streams is not None:
+                streams[0].end_call(NO_CALL)
+                streams[1].end_call(NO_CALL)
             if captured_stdout is not None:
                 printed = _take(captured_stdout)
                 if printed:
@@ -305,7 +433,7 @@ def serve(
 def _send(conn: Any, head: bytes, body: Any) -> None:
     """Send ``head + body`` as one message, without joining them where the channel can write
     them one after the other."""
-    if isinstance(conn, _StreamChannel):
+    if isinstance(conn, _StreamChannel | _Serialized):
         conn.send_parts(head, body)
     else:
         conn.send_bytes(head + body)
@@ -413,9 +541,11 @@ class _StreamChannel:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``worker_loop.py --serve [--protocol WORKER_PY] [--code-dir DIR]``: take tasks framed
-    on stdin, answer on stdout. The calls' own stdout goes to an unlinked file, sent as a frame
-    after each call (stdout carries the frames); their stdin is /dev/null."""
+    """``worker_loop.py --serve [--protocol WORKER_PY] [--code-dir DIR] [--output live|end]``:
+    take tasks framed on stdin, answer on stdout. What the calls write to the process's
+    stdout (descriptor 1) goes to an unlinked file, sent as a frame after each call (stdout
+    carries the frames); with ``--output``, what they print to ``sys.stdout``/``sys.stderr``
+    is sent as ``P`` frames. Their stdin is /dev/null."""
     import argparse
     import tempfile
 
@@ -426,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     # Its stderr is a file that whoever started it reads after it died: what it printed
     # there is sent after each call (``E``), in order with the outcomes.
     parser.add_argument("--capture-stderr", action="store_true")
+    parser.add_argument("--output", choices=("live", "end"), default=None)
     args = parser.parse_args(argv)
     here = os.path.dirname(os.path.abspath(__file__))
     if sys.path and os.path.abspath(sys.path[0] or ".") == here:
@@ -438,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(captured.fileno(), 1)
         serve(_StreamChannel(frames_in, frames_out), protocol=args.protocol,
               code_dir=args.code_dir, captured_stdout=1,
-              captured_stderr=2 if args.capture_stderr else None)
+              captured_stderr=2 if args.capture_stderr else None, output=args.output)
     return 0
 
 
@@ -453,4 +584,5 @@ if __name__ == "__rf_worker__" and "__rf_conn__" in globals():
         globals().get("__rf_stderr__"),
         globals().get("__rf_initializer__"),
         tuple(globals().get("__rf_initargs__", ())),
+        output=globals().get("__rf_output__"),
     )

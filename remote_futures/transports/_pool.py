@@ -41,6 +41,8 @@ from .base import Transport
 __all__ = ["PoolTransport", "PoolWorker", "head_size"]
 
 KEY = 8
+#: The call index of output printed outside any call (``worker_loop.NO_CALL``).
+NO_CALL = (1 << 64) - 1
 STDERR_TAIL_BYTES = 16384
 #: A task is sent to a worker still busy with another only if it is this small: it then fits
 #: in the channel's buffer, so the send cannot block on a worker that is busy writing a result.
@@ -322,6 +324,9 @@ class PoolTransport(Transport):
             if kind == b"C":
                 return
             kind = b"T"
+        if kind == b"P":
+            self.on_printed(w, message)
+            return
         key = int.from_bytes(message[1 : 1 + KEY], "big")
         if kind == b"O":
             self.on_output(w, message[1:])
@@ -351,9 +356,25 @@ class PoolTransport(Transport):
             self.dispatch()
         self._changed.set()
 
+    def on_printed(self, w: PoolWorker, message: bytes) -> None:
+        """What a call printed to ``sys.stdout``/``sys.stderr`` (a ``P`` frame), forwarded
+        tagged with the call; stderr's is also kept for the error of a worker that dies."""
+        stream = 2 if message[1:2] == b"2" else 1
+        index = int.from_bytes(message[2 : 2 + KEY], "big")
+        data = bytes(message[2 + KEY :])
+        if stream == 2:
+            w.keep_tail(data)
+        job = w.job
+        self.output.forward(
+            stream, job.handle.job_id if job is not None else "",
+            None if index == NO_CALL or job is None else index, data,
+        )
+
     def on_output(self, w: PoolWorker, data: bytes) -> None:
         """What a call printed to stdout (workers that cannot share a pipe with us): copied
         to this process's stdout, as a ProcessPoolExecutor child's output would appear."""
+        if not self.output.enabled:
+            return
         try:
             sys.stdout.write(data.decode(errors="replace"))
             sys.stdout.flush()

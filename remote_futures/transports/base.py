@@ -37,6 +37,7 @@ import anyio
 
 from ..errors import ConfigurationError
 from ..jobs import JobHandle, JobSpec, JobStatus
+from ..output import OutputForwarder
 
 __all__ = ["Transport", "build_options"]
 
@@ -65,6 +66,9 @@ class Transport(abc.ABC):
     #: buffers beside them (sent as they are, never copied into the payload), and outcomes may
     #: come back the same way. Otherwise payloads are self-contained bytes.
     out_of_band: bool = False
+    #: Where what the calls print goes (the executor sets its own, from ``output=``);
+    #: transports that can show it while calls run forward it there.
+    output: OutputForwarder = OutputForwarder()
 
     def __init__(self, options: Any, *, max_workers: int) -> None:
         self.options = options

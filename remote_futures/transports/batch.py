@@ -246,7 +246,9 @@ class BatchTransport(RemoteTransport):
             job_dir=job_dir,
             n_tasks=len(job.tasks),
             resources=job.resources,
-            worker_command=self.worker_command(job_dir),
+            # Live output: what a call prints reaches its file as it prints it.
+            worker_command=("PYTHONUNBUFFERED=1 " if self.output.live else "")
+            + self.worker_command(job_dir),
             max_concurrent=throttle if len(job.tasks) > 1 else None,
         )
         script_path = posixpath.join(job_dir, "job.sh")
@@ -307,13 +309,17 @@ class BatchTransport(RemoteTransport):
         # until their directories can go.
         watched = list(jobs) + [h for h in self._finishing if h not in jobs]
         ids = [handle.job_id for handle in watched]
+        # What running tasks printed since the last poll is read by the same command.
+        tails = self.live_tails(watched)
         command = self.status_and_listing_command(
             shlex.join(self.dialect.status_argv(ids)), [h.location for h in watched]
         )
+        if tails:
+            command += "; " + self.tail_command(tails)
         result = await self.shell.run(command)
         output = split_poll_output(result.stdout)
         live = self._live_statuses(output, ids)
-        listing = self.parse_listing(output.listing)
+        listing = self.parse_listing(self.take_tails(tails, output.listing))
         now = time.monotonic()
         lookups: list[JobHandle] = []
         cancels: dict[JobHandle, frozenset[int]] = {}

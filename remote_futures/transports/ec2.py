@@ -762,6 +762,7 @@ class EC2Transport(Transport):
         transport = _InstanceTransport(
             options, max_workers=self.max_workers, instance_id=instance.instance_id
         )
+        transport.output = self.output  # the executor's output= and tags
         last: BaseException | None = None
         while time.monotonic() < deadline:
             try:
@@ -776,6 +777,7 @@ class EC2Transport(Transport):
                 transport = _InstanceTransport(
                     options, max_workers=self.max_workers, instance_id=instance.instance_id
                 )
+                transport.output = self.output
                 await anyio.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
                 continue
             instance.transport = transport

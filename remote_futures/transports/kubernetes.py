@@ -1084,7 +1084,7 @@ class KubernetesTransport(Transport):
         state.outcomes.update({k: v for k, v in outcomes.items() if k in wanted})
 
     def _forward(self, printed: str, errors: str = "") -> None:
-        if not self.options.forward_output:
+        if not (self.options.forward_output and self.output.enabled):
             return
         for sink, text in ((sys.stdout, printed), (sys.stderr, errors)):
             if text:

@@ -311,8 +311,9 @@ class LocalTransport(Transport):
         try:
             async with anyio.create_task_group() as tg:
                 assert process.stdout is not None and process.stderr is not None
-                tg.start_soon(_forward, process.stdout, sys.stdout, None)
-                tg.start_soon(_forward, process.stderr, sys.stderr, tail)
+                shown = self.output.enabled  # output="off": drained, kept for tails only
+                tg.start_soon(_forward, process.stdout, sys.stdout, None, shown)
+                tg.start_soon(_forward, process.stderr, sys.stderr, tail, shown)
                 reader, pipe = await _open_pipe_reader(read_fd)
                 try:
                     current = await self._feed(job, process, reader)
@@ -467,15 +468,18 @@ async def _open_pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.Base
 
 
 async def _forward(
-    stream: anyio.abc.ByteReceiveStream, sink: IO[str], tail: bytearray | None
+    stream: anyio.abc.ByteReceiveStream, sink: IO[str], tail: bytearray | None,
+    shown: bool = True,
 ) -> None:
-    """Copy a worker's output to the caller's stream, as ProcessPoolExecutor's children do,
-    keeping the last bytes of stderr for error messages."""
+    """Copy a worker's output to the caller's stream (unless not ``shown``), as
+    ProcessPoolExecutor's children do, keeping the last bytes of stderr for error messages."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     async for chunk in stream:
         if tail is not None:
             tail += chunk
             del tail[:-_STDERR_TAIL_BYTES]
+        if not shown:
+            continue
         try:
             sink.write(decoder.decode(chunk))
             sink.flush()

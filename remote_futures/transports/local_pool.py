@@ -8,8 +8,10 @@ replaced after ``max_tasks_per_child`` tasks, as in the standard library. Becaus
 proxies as arguments work as they do with ``ProcessPoolExecutor``.
 
 Calls and outcomes travel over each worker's ``multiprocessing`` pipe (nothing is written to
-disk or ``/dev/shm``); its stdout and stderr come back over pipes of their own and are copied to
-this process's streams.
+disk or ``/dev/shm``), and so does what the calls print to ``sys.stdout``/``sys.stderr``, line
+by line and tagged with the call (see :mod:`remote_futures.output`); what is written to the
+worker's file descriptors themselves (C code, child processes) comes back over pipes of their
+own and is copied to this process's streams.
 
 Scheduling, and what happens when a worker dies (:class:`~remote_futures.errors.WorkerDiedError`,
 a ``BrokenProcessPool``; the executor goes on), are shared with the other pools: see
@@ -280,6 +282,9 @@ class LocalPoolTransport(PoolTransport):
             "__rf_stderr__": err_w,
             "__rf_initializer__": self._initializer,
             "__rf_initargs__": self._initargs,
+            # Prints come back as frames tagged with their call ("off": held to the call's
+            # end, then dropped here).
+            "__rf_output__": "live" if self.output.live else "end",
         }
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=runpy.run_path,
@@ -335,6 +340,8 @@ class LocalPoolTransport(PoolTransport):
             return
         if which == 1:
             w.keep_tail(chunk)
+        if not self.output.enabled:
+            return
         try:
             sink.write(w.decoders[which].decode(chunk))
             sink.flush()

@@ -539,6 +539,8 @@ class PilotTransport(PoolTransport, BatchTransport):
 
     def _print_stderr(self, w: PoolWorker, data: bytes) -> None:
         w.keep_tail(data)
+        if not self.output.enabled:
+            return
         try:
             sys.stderr.write(data.decode(errors="replace"))
             sys.stderr.flush()
@@ -581,7 +583,7 @@ class PilotTransport(PoolTransport, BatchTransport):
     def _worker_command(self, pilot: _Pilot, slot: int) -> str:
         loop = [self.python, "-u", self._loop_path, "--serve", "--protocol", self.worker_path,
                 "--code-dir", posixpath.join(self.work_dir, worker.CODE_DIR),
-                "--capture-stderr"]
+                "--capture-stderr", "--output", "live" if self.output.live else "end"]
         argv = [self.python, self._relay_path, "pilot", "--connect", self._relay_address,
                 "--token-file", self._token_path, "--pilot", pilot.name, "--slot", str(slot),
                 "--", *loop]

@@ -14,7 +14,6 @@ import pickle
 import posixpath
 import re
 import shlex
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +22,9 @@ from .. import worker
 from ..envsync import EnvSpec, SyncResult, env_spec_from_option, sync_environment
 from ..errors import ConfigurationError, TransportError
 from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
+from ..output import LineSplitter
 from ..shell import CommandResult, LocalShell, Shell
+from ._tails import TailTarget, split_tails, tail_command
 from .base import Transport
 
 __all__ = [
@@ -129,6 +130,11 @@ class _Forwarded:
                         for call in task.call_indices}
         self.calls: set[int] = set()
         self.offsets: dict[tuple[int, str], int] = {}
+        #: The unfinished last line read of each (task, stream), held until it is finished
+        #: or the task ends.
+        self.splitters: dict[tuple[int, str], LineSplitter] = {}
+        #: Tasks last seen running: their output files are read at each poll (live output).
+        self.running: set[int] = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -489,6 +495,11 @@ class RemoteTransport(Transport):
                     forward.setdefault(handle, set()).add(task)
             if self.options.forward_output:
                 done = self._output.setdefault(handle, _Forwarded(handle))
+                for task, status in states.items():  # a task left out keeps its state
+                    if status.state is TaskState.RUNNING and task not in seen:
+                        done.running.add(task)
+                    else:
+                        done.running.discard(task)
                 for call in ready - done.calls:
                     owner = done.task_of.get(call)
                     if owner is not None and owner not in seen:
@@ -507,7 +518,7 @@ class RemoteTransport(Transport):
     ) -> None:
         """Copy what ``tasks`` printed since the last time to this process's stdout and
         stderr. Tasks in ``final`` have ended: nothing more will come from them."""
-        if not self.options.forward_output:
+        if not (self.options.forward_output and self.output.enabled):
             return
         wanted = {
             posixpath.join(handle.location, f"task-{task}.{kind}"): (handle, task, kind)
@@ -523,20 +534,88 @@ class RemoteTransport(Transport):
             offset = done.offsets.get((task, kind), 0)
             data = found[path][offset:]
             done.offsets[(task, kind)] = offset + len(data)
-            if not data:
-                continue
-            sink = sys.stdout if kind == "stdout" else sys.stderr
-            try:
-                sink.write(data.decode(errors="replace"))
-                sink.flush()
-            except (OSError, ValueError):
-                pass  # the caller closed its stream
+            # A task whose every outcome is listed printed all it will (the worker flushes
+            # before writing an outcome): its unfinished line goes out before the results
+            # (the job may be released before its end is seen).
+            calls = handle.spec.tasks[task].call_indices if task < len(handle.spec.tasks) else ()
+            self._emit(handle, done, task, kind, data,
+                       ended=task in (final or {}).get(handle, ())
+                       or (bool(calls) and done.calls.issuperset(calls)))
         for handle, some in (final or {}).items():
             record = self._output.get(handle)
             if record is not None:
                 for task in some:
-                    record.offsets.pop((task, "stdout"), None)
-                    record.offsets.pop((task, "stderr"), None)
+                    for kind in ("stdout", "stderr"):
+                        splitter = record.splitters.pop((task, kind), None)
+                        if splitter is not None:  # an unfinished line, its file not listed
+                            self._emit(handle, record, task, kind, splitter.rest(), ended=True)
+                        record.offsets.pop((task, kind), None)
+                    record.running.discard(task)
+
+    def _emit(
+        self, handle: JobHandle, done: _Forwarded, task: int, kind: str, data: bytes,
+        *, ended: bool,
+    ) -> None:
+        """Forward the whole lines ``data`` completes (all of it once the task ``ended``),
+        tagged with the task's calls."""
+        if self.output.live or ended:
+            splitter = done.splitters.get((task, kind))
+            if splitter is None:
+                splitter = done.splitters[(task, kind)] = LineSplitter()
+            data = splitter.feed(data)
+            if ended:
+                data += splitter.rest()
+                done.splitters.pop((task, kind), None)
+        if not data:
+            return
+        calls = handle.spec.tasks[task].call_indices if task < len(handle.spec.tasks) else ()
+        # A task running several calls (a map's chunk) prints for all of them.
+        call: int | str | None = (
+            calls[0] if len(calls) == 1 else f"{calls[0]}-{calls[-1]}" if calls else None
+        )
+        self.output.forward(1 if kind == "stdout" else 2, handle.job_id, call, data)
+
+    def live_tails(self, jobs: Sequence[JobHandle]) -> list[tuple[JobHandle, int, str, int]]:
+        """The output files to read in this poll (live output): those of the tasks last seen
+        running, from what was read of them so far, as (job, task, stream, offset)."""
+        if not (self.output.live and self.options.forward_output):
+            return []
+        found = []
+        for handle in jobs:
+            done = self._output.get(handle)
+            if done is None:
+                continue
+            for task in sorted(done.running):
+                for kind in ("stdout", "stderr"):
+                    found.append((handle, task, kind, done.offsets.get((task, kind), 0)))
+        return found
+
+    def tail_command(self, tails: Sequence[tuple[JobHandle, int, str, int]]) -> str:
+        """The command reading ``tails`` (:meth:`live_tails`), to follow the poll's listing
+        in the same remote command ("" if none)."""
+        return tail_command([
+            TailTarget(posixpath.join(handle.location, f"task-{task}.{kind}"), offset)
+            for handle, task, kind, offset in tails
+        ])
+
+    def take_tails(
+        self, tails: Sequence[tuple[JobHandle, int, str, int]], listing: str
+    ) -> str:
+        """Forward the whole lines read by :meth:`tail_command` (the rest is kept for the
+        next poll, or the task's end); return the listing without them."""
+        if not tails:
+            return listing
+        listing, read = split_tails(listing)
+        for position, data in read.items():
+            if position >= len(tails) or not data:
+                continue
+            handle, task, kind, offset = tails[position]
+            done = self._output.get(handle)
+            if done is None or done.offsets.get((task, kind), 0) != offset:
+                continue  # forwarded meanwhile (the task ended): do not print it twice
+            done.offsets[(task, kind)] = offset + len(data)
+            self._emit(handle, done, task, kind, data, ended=False)
+        return listing
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]

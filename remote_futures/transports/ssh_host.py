@@ -76,8 +76,10 @@ class SSHHostTransport(RemoteTransport):
             out = worker.STDOUT_NAME.format(task)
             err = worker.STDERR_NAME.format(task)
             done = worker.EXIT_NAME.format(task)
+            # Live output: what a call prints reaches its file as it prints it.
+            unbuffered = "PYTHONUNBUFFERED=1 " if self.output.live else ""
             body = (
-                f"{self.worker_command(directory)} --task {task} >{out} 2>{err}; "
+                f"{unbuffered}{self.worker_command(directory)} --task {task} >{out} 2>{err}; "
                 f"echo $? >{done}.tmp && mv -f {done}.tmp {done}"
             )
             # The redirections cover the whole background group, so that nothing keeps the
@@ -111,12 +113,15 @@ class SSHHostTransport(RemoteTransport):
         """``ps`` for the tasks' processes and the listing of the job directories, in one go."""
         pids = sorted({pid for h in jobs if h in self._jobs for pid in self._jobs[h].pids.values()})
         ps = f"ps -o pid= -p {','.join(map(str, pids))}" if pids else "true"
-        result = await self.shell.run(
-            self.status_and_listing_command(ps, [h.location for h in jobs])
-        )
+        # What running tasks printed since the last poll is read by the same command.
+        tails = self.live_tails(jobs)
+        command = self.status_and_listing_command(ps, [h.location for h in jobs])
+        if tails:
+            command += "; " + self.tail_command(tails)
+        result = await self.shell.run(command)
         output = split_poll_output(result.stdout)
         alive = {int(word) for word in output.status.split() if word.isdigit()}
-        listing = self.parse_listing(output.listing)
+        listing = self.parse_listing(self.take_tails(tails, output.listing))
         states: dict[JobHandle, dict[int, TaskStatus]] = {}
         for handle in jobs:
             job = self._jobs.get(handle)

@@ -2,8 +2,10 @@
 
 Up to ``max_workers`` long-lived worker processes (``worker_loop.py --serve``) run on the host
 for the executor's life, each on an SSH channel of the executor's one connection: tasks go to a
-worker framed on its stdin, outcomes come back framed on its stdout, and what the calls print
-arrives on its stderr (copied to this process's stderr, the tail kept for error messages). No
+worker framed on its stdin, outcomes come back framed on its stdout, and so does what the calls
+print to ``sys.stdout``/``sys.stderr``, line by line and tagged with the call (see
+:mod:`remote_futures.output`). What is written to the process's stderr itself (C code, child
+processes) arrives on the channel's stderr; its tail is kept for error messages. No
 connection, process start or file is needed per call; the caller's own modules still travel as
 a code bundle (uploaded once per content) and the environment is synced once, as before.
 
@@ -190,7 +192,8 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
 
     def _command(self) -> str:
         parts = [self.python, "-u", self._loop_path, "--serve", "--protocol", self.worker_path,
-                 "--code-dir", posixpath.join(self.work_dir, worker.CODE_DIR)]
+                 "--code-dir", posixpath.join(self.work_dir, worker.CODE_DIR),
+                 "--output", "live" if self.output.live else "end"]
         return f"cd {shlex.quote(self.work_dir)} && exec " + " ".join(map(shlex.quote, parts))
 
     async def _run_worker(self) -> None:
@@ -250,6 +253,8 @@ class SSHPoolTransport(PoolTransport, SSHHostTransport):
                 if not chunk:
                     return
                 w.keep_tail(chunk)
+                if not self.output.enabled:
+                    continue
                 try:
                     sys.stderr.write(decoder.decode(chunk))
                     sys.stderr.flush()
