@@ -36,10 +36,13 @@ __all__ = [
     "resolve_target",
 ]
 
-#: Keywords of ``RemoteExecutor`` itself (not of a transport) that a profile may set, and the
-#: smallest value each accepts (None: a boolean). ``initializer`` and ``retry_on`` are code,
-#: not data: they have no place in a file.
-EXECUTOR_KEYS: dict[str, int | None] = {"max_workers": 1, "retries": 0, "progress": None}
+#: Keywords of ``RemoteExecutor`` itself (not of a transport) that a profile may set, and what
+#: each accepts: an integer of at least this value, a boolean (None), or a string (``str``;
+#: its value is checked by the executor, as a keyword's). ``initializer`` and ``retry_on`` are
+#: code, not data: they have no place in a file.
+EXECUTOR_KEYS: dict[str, int | type[str] | None] = {
+    "max_workers": 1, "retries": 0, "progress": None, "output": str, "output_prefix": str,
+}
 
 
 def config_path() -> Path:
@@ -139,13 +142,18 @@ def resolve_target(target: str, overrides: dict[str, Any]) -> ResolvedTarget:
     )
 
 
-def _executor_value(key: str, value: Any, where: str) -> int | bool:
+def _executor_value(key: str, value: Any, where: str) -> int | bool | str:
     """Check an executor keyword read from a profile; the error names the file and the key."""
     least = EXECUTOR_KEYS[key]
+    if least is str:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{where}: key {key!r} must be a string, got {value!r}")
+        return value
     if least is None:
         if not isinstance(value, bool):
             raise ConfigurationError(f"{where}: key {key!r} must be true or false, got {value!r}")
         return value
+    assert isinstance(least, int)
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ConfigurationError(
             f"{where}: key {key!r} must be an integer >= {least}, got {value!r}"

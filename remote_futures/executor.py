@@ -96,7 +96,7 @@ class RemoteExecutor(concurrent.futures.Executor):
         retries: int | None = None,
         retry_on: Sequence[type[BaseException]] | None = None,
         progress: bool | None = None,
-        output: str = "live",
+        output: str | None = None,
         output_prefix: str | None = None,
         **options: Any,
     ) -> None:
@@ -107,14 +107,20 @@ class RemoteExecutor(concurrent.futures.Executor):
             max_workers, target = target, "local"
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
-        check_output_mode(output)
-        prefix = DEFAULT_PREFIX if output_prefix is None else check_prefix(output_prefix)
+        if output is not None:
+            check_output_mode(output)
+        if output_prefix is not None:
+            check_prefix(output_prefix)
         quiet_third_party()
         resolved = resolve_target(target, options)  # type: ignore[arg-type]
         # The profile's executor keywords, overridden by the ones given here.
-        given = {"max_workers": max_workers, "retries": retries, "progress": progress}
+        given = {"max_workers": max_workers, "retries": retries, "progress": progress,
+                 "output": output, "output_prefix": output_prefix}
         settings = {**resolved.executor_options,
                     **{key: value for key, value in given.items() if value is not None}}
+        output = check_output_mode(settings.get("output", "live"))
+        prefix = (DEFAULT_PREFIX if settings.get("output_prefix") is None
+                  else check_prefix(settings["output_prefix"]))
         retry = RetryPolicy.from_arguments(settings.get("retries"), retry_on)
         self._progress = bool(settings.get("progress"))
         if self._progress:

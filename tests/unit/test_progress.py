@@ -108,3 +108,27 @@ def test_progress_in_a_profile(write_config: Callable[[str], Path]) -> None:
     write_config('[profiles.p]\ntransport = "local"\nprogress = "yes"\n')
     with pytest.raises(ConfigurationError, match="'progress' must be true or false"):
         RemoteExecutor("p")
+
+
+def test_output_and_its_prefix_in_a_profile(write_config: Callable[[str], Path]) -> None:
+    """``output`` and ``output_prefix`` are executor keywords a profile may set; a keyword
+    argument overrides them; a bad value is refused before anything runs."""
+    write_config('[profiles.p]\ntransport = "local"\noutput = "off"\n'
+                 'output_prefix = "<{call}> "\n')
+    ex = RemoteExecutor("p", max_workers=2)
+    try:
+        forwarder = ex.transport.output
+        assert (forwarder.mode, forwarder.prefix) == ("off", "<{call}> ")
+    finally:
+        ex.shutdown()
+    ex = RemoteExecutor("p", max_workers=2, output="end")
+    try:
+        assert ex.transport.output.mode == "end"
+    finally:
+        ex.shutdown()
+    write_config('[profiles.p]\ntransport = "local"\noutput = 1\n')
+    with pytest.raises(ConfigurationError, match="'output' must be a string"):
+        RemoteExecutor("p")
+    write_config('[profiles.p]\ntransport = "local"\noutput = "loud"\n')
+    with pytest.raises(ConfigurationError, match="output must be one of"):
+        RemoteExecutor("p")
