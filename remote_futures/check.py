@@ -26,6 +26,7 @@ from .errors import ConfigurationError, RemoteFuturesError
 from .login_node import PROBE_COMMANDS, SCHEDULER_COMMANDS, identify_scheduler
 from .runtime import make_transport
 from .shell import Shell
+from .terminal import paint
 from .transports.remote import RemoteTransport
 
 __all__ = ["CheckReport", "check_target", "format_report"]
@@ -219,8 +220,8 @@ async def _dry_run(
         report.notes.append(f"env sync would build {check.venv_dir}")
 
 
-def format_report(report: CheckReport) -> str:
-    """The report for people."""
+def format_report(report: CheckReport, *, colour: bool = False) -> str:
+    """The report for people (the verdict coloured where a terminal shows it)."""
     lines = [f"target      {report.target} ({report.transport}"
              + (f" on {report.where})" if report.where else ")")]
     if report.python:
@@ -239,7 +240,7 @@ def format_report(report: CheckReport) -> str:
                      + ", ".join(shown) + (f" and {more} more (--json lists all)" if more else ""))
     lines += [f"note        {note}" for note in report.notes]
     if report.problem:
-        lines.append(f"PROBLEM ({report.problem_kind}): {report.problem}")
+        lines.append(paint(f"PROBLEM ({report.problem_kind}): {report.problem}", "red", colour))
     else:
-        lines.append("ok")
+        lines.append(paint("ok", "green", colour))
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from .errors import RemoteFuturesError
+from .terminal import colour_enabled
 
 __all__ = ["COMMANDS", "main"]
 
@@ -118,7 +119,7 @@ def _check(args: argparse.Namespace) -> int:
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(format_report(report))
+        print(format_report(report, colour=colour_enabled(sys.stdout)))
     return 0 if report.ok else 1
 
 
@@ -169,7 +170,7 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps([s.as_dict() for s in summaries]))
     else:
-        print(format_sessions(summaries))
+        print(format_sessions(summaries, colour=colour_enabled(sys.stdout)))
     return 0
 
 

@@ -15,7 +15,7 @@ import posixpath
 import shlex
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import worker
@@ -33,6 +33,7 @@ from .session import (
     load_session,
     mark_session,
 )
+from .terminal import paint
 from .transports.remote import UNCOLLECTED, RemoteTransport
 
 __all__ = [
@@ -47,17 +48,30 @@ __all__ = [
 ]
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain left-aligned table (numbers right-aligned)."""
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]],
+    style: Callable[[str, object], str | None] | None = None, *, colour: bool = False,
+) -> str:
+    """A left-aligned table (numbers right-aligned). With ``colour``, the headers are bold and
+    a cell is painted in ``style(header, value)`` when that names a style: padding is worked
+    out on the plain text, so the columns stay aligned."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [all(isinstance(row[i], int) for row in rows) and rows for i in range(len(headers))]
     lines = []
-    for row in cells:
-        lines.append("  ".join(
-            cell.rjust(widths[i]) if numeric[i] else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip())
+    for r, row in enumerate(cells):
+        padded = []
+        for i, cell in enumerate(row):
+            text = cell
+            if r == 0:
+                text = paint(cell, "bold", colour)
+            elif style is not None:
+                chosen = style(headers[i], rows[r - 1][i])
+                if chosen is not None:
+                    text = paint(cell, chosen, colour)
+            pad = " " * (widths[i] - len(cell))
+            padded.append(pad + text if numeric[i] else text + pad)
+        lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 
 
@@ -181,8 +195,23 @@ async def summarize_sessions(target: str | None = None, limit: int = 20) -> list
     return summaries
 
 
-def format_sessions(summaries: Sequence[SessionSummary]) -> str:
-    """The table of ``remote-futures jobs``."""
+def _session_style(header: str, value: object) -> str | None:
+    """Failures and dead clients (sessions to attach) red, work in progress yellow, sessions
+    that ended dim."""
+    if header == "FAILED" and isinstance(value, int) and value:
+        return "red"
+    if header == "RUNNING" and isinstance(value, int) and value:
+        return "yellow"
+    if header == "CLIENT":
+        if value == "dead":
+            return "red"
+        if value in ("ended", "attached", "cancelled", "detached"):
+            return "dim"
+    return None
+
+
+def format_sessions(summaries: Sequence[SessionSummary], *, colour: bool = False) -> str:
+    """The table of ``remote-futures jobs`` (coloured where a terminal shows it)."""
     if not summaries:
         return "no sessions in the ledger"
     rows = [[s.session_id, s.target, s.client, s.calls, s.pending, s.running, s.done,
@@ -190,7 +219,7 @@ def format_sessions(summaries: Sequence[SessionSummary]) -> str:
                                                                  else "")]
             for s in summaries]
     table = format_table(["SESSION", "TARGET", "CLIENT", "CALLS", "PENDING", "RUNNING",
-                          "DONE", "FAILED", "AGE", "JOBS"], rows)
+                          "DONE", "FAILED", "AGE", "JOBS"], rows, _session_style, colour=colour)
     notes = [f"{s.session_id}: {s.note}" for s in summaries if s.note]
     return "\n".join([table, *notes])
 
