@@ -12,7 +12,11 @@ of its own, so that the client can hand out results while later calls of the tas
 
 The nonce is per Job and taken out of the environment before user code runs, so nothing the
 user prints can forge a block. What the user writes to stderr is kept apart from stdout by
-prefixing its lines with ``==RF:<nonce>:ERR==`` (a pod has one log for both). A short JSON
+prefixing its lines with ``==RF:<nonce>:ERR==`` (a pod has one log for both). Before each call
+starts, a line ``==RF:<nonce>:CALL <index>==`` says that the lines after it are that call's:
+the worker announces the call and waits until everything printed before is in the log, so the
+client (which follows the log while the pod runs) tags each line with the right call. A line a
+call leaves unfinished is ended in the log when the call ends. A short JSON
 receipt (the number of calls and the sha256 of all blocks' data in order) goes to the
 termination message, where it survives log rotation: the client checks the blocks against it.
 
@@ -30,11 +34,11 @@ import hashlib
 import json
 import os
 import pickle
+import selectors
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -180,33 +184,53 @@ def _receipt(path: str, receipt: dict[str, object]) -> None:
         pass  # no termination log (a plain process in tests): the log blocks still carry all
 
 
-class _Log:
-    """The real stdout (the pod log), written whole lines at a time by the relay threads."""
+class _Relay:
+    """Writes the child's stdout and stderr to the log (the real stdout) in whole lines,
+    stderr's marked, and the call marks and result blocks in the order things happened.
+    One thread does it all: a mark written after draining both pipes follows every byte the
+    call before printed."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.lock = threading.Lock()
+    def __init__(self, nonce: str, out_fd: int, err_fd: int) -> None:
+        self.prefix = {out_fd: b"", err_fd: f"==RF:{nonce}:ERR==".encode()}
+        self.pending = {out_fd: b"", err_fd: b""}
+        self.open = {out_fd, err_fd}
+        for fd in self.open:
+            os.set_blocking(fd, False)
 
-    def write(self, data: bytes) -> None:
-        with self.lock:
-            while data:
-                data = data[os.write(self.fd, data):]
+    @staticmethod
+    def write(data: bytes) -> None:
+        while data:
+            data = data[os.write(1, data):]
 
+    def take(self, fd: int) -> bool:
+        """Read what ``fd`` holds now and log its whole lines; False once it is empty."""
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self.open.discard(fd)
+            self.end_lines(fd)
+            return False
+        *lines, self.pending[fd] = (self.pending[fd] + chunk).split(b"\n")
+        if lines:
+            prefix = self.prefix[fd]
+            self.write(b"".join(prefix + line + b"\n" for line in lines))
+        return True
 
-def _relay(source: int, log: _Log, prefix: bytes) -> None:
-    """Copy lines from a pipe to the log, each with ``prefix``; a partial last line too."""
-    with os.fdopen(source, "rb", buffering=0) as pipe:
-        pending = b""
-        while True:
-            chunk = pipe.read(65536)
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if lines:
-                log.write(b"".join(prefix + line + b"\n" for line in lines))
-        if pending:
-            log.write(prefix + pending + b"\n")
+    def end_lines(self, fd: int) -> None:
+        if self.pending[fd]:
+            self.write(self.prefix[fd] + self.pending[fd] + b"\n")
+            self.pending[fd] = b""
+
+    def drain(self) -> None:
+        """Log everything the pipes hold (bounded: a background writer cannot hold us up),
+        unfinished lines ended."""
+        for fd in list(self.open):
+            for _ in range(256):
+                if not self.take(fd):
+                    break
+            self.end_lines(fd)
 
 
 def _child() -> int:
@@ -222,7 +246,8 @@ def _child() -> int:
     for extra in os.environ.pop("RF_EXTRA_PATH", "").split(os.pathsep):
         if extra:
             sys.path.append(os.path.join(payload_dir, extra))
-    code: int = worker.run_task(job_dir, task, worker._State(), notify)
+    ack = int(os.environ.pop("RF_ACK_FD"))
+    code: int = worker.run_task(job_dir, task, worker._State(), notify, ack)
     return code
 
 
@@ -257,73 +282,103 @@ def main() -> int:
         shutil.copyfile(os.path.join(payload_dir, f"task-{task}.in"), input_path)
     result_urls = manifest.get("results", {})
     spilled: dict[str, str] = {}
-    log = _Log(1)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     note_r, note_w = os.pipe()
+    ack_r, ack_w = os.pipe()
     env = dict(os.environ, RF_PAYLOAD_DIR=payload_dir, RF_JOB_DIR=job_dir,
-               RF_CHILD_TASK=str(task), RF_NOTIFY_FD=str(note_w))
+               RF_CHILD_TASK=str(task), RF_NOTIFY_FD=str(note_w), RF_ACK_FD=str(ack_r))
     if site is not None:
         # Ahead of the image's site-packages: a newer version installed there wins.
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (site, os.environ.get("PYTHONPATH", "")) if p)
     child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--child"], stdin=subprocess.DEVNULL,
-        stdout=out_w, stderr=err_w, pass_fds=(note_w,), env=env,
+        stdout=out_w, stderr=err_w, pass_fds=(note_w, ack_r), env=env,
     )
-    for fd in (out_w, err_w, note_w):
+    for fd in (out_w, err_w, note_w, ack_r):
         os.close(fd)
     digest = hashlib.sha256()
     calls = 0
+    relay = _Relay(nonce, out_r, err_r)
 
-    def forward_outcomes() -> None:
+    def outcome_block(index: int) -> bytes:
+        """The framed block of call ``index``'s outcome (or of the error saying why not)."""
         nonlocal calls
-        with os.fdopen(note_r, "r") as notes:
-            for note in notes:
-                kind, _, value = note.strip().partition(" ")
-                if kind != "C":
-                    continue
-                index = int(value)
-                with open(os.path.join(job_dir, worker.OUTCOME_NAME.format(index)), "rb") as f:
-                    outcome = f.read()
-                entry: object = outcome
-                url = result_urls.get(str(index))
-                if len(outcome) > MAX_LOG_OUTCOME and url is not None:
-                    sha = hashlib.sha256(outcome).hexdigest()
-                    try:
-                        _transfer(str(url), data=outcome)
-                        entry = ("url", len(outcome), sha)
-                        spilled[str(index)] = sha
-                    except OSError as exc:
-                        entry = pickle.dumps(worker._error(
-                            worker.PICKLE_RESULT,
-                            f"the call's result ({len(outcome) / 2**20:.1f} MiB) could not be "
-                            f"uploaded to the bucket: {exc}"), protocol=worker.ENVELOPE_PROTOCOL)
-                elif len(outcome) > MAX_LOG_OUTCOME:
-                    entry = pickle.dumps(worker._error(
-                        worker.PICKLE_RESULT,
-                        f"the call's result is {len(outcome) / 2**20:.1f} MiB pickled, over "
-                        f"the {MAX_LOG_OUTCOME // 2**20} MiB a pod log can carry safely; "
-                        "return less (write large data to shared storage and return its "
-                        "location, or give the executor a bucket)"),
-                        protocol=worker.ENVELOPE_PROTOCOL)
-                data = pickle.dumps({index: entry}, protocol=worker.ENVELOPE_PROTOCOL)
-                digest.update(data)
-                calls += 1
-                log.write(("\n" + frame(nonce, data)).encode("ascii"))
+        with open(os.path.join(job_dir, worker.OUTCOME_NAME.format(index)), "rb") as f:
+            outcome = f.read()
+        entry: object = outcome
+        url = result_urls.get(str(index))
+        if len(outcome) > MAX_LOG_OUTCOME and url is not None:
+            sha = hashlib.sha256(outcome).hexdigest()
+            try:
+                _transfer(str(url), data=outcome)
+                entry = ("url", len(outcome), sha)
+                spilled[str(index)] = sha
+            except OSError as exc:
+                entry = pickle.dumps(worker._error(
+                    worker.PICKLE_RESULT,
+                    f"the call's result ({len(outcome) / 2**20:.1f} MiB) could not be "
+                    f"uploaded to the bucket: {exc}"), protocol=worker.ENVELOPE_PROTOCOL)
+        elif len(outcome) > MAX_LOG_OUTCOME:
+            entry = pickle.dumps(worker._error(
+                worker.PICKLE_RESULT,
+                f"the call's result is {len(outcome) / 2**20:.1f} MiB pickled, over "
+                f"the {MAX_LOG_OUTCOME // 2**20} MiB a pod log can carry safely; "
+                "return less (write large data to shared storage and return its "
+                "location, or give the executor a bucket)"),
+                protocol=worker.ENVELOPE_PROTOCOL)
+        data = pickle.dumps({index: entry}, protocol=worker.ENVELOPE_PROTOCOL)
+        data = pickle.dumps({index: entry}, protocol=worker.ENVELOPE_PROTOCOL)
+        digest.update(data)
+        calls += 1
+        return ("\n" + frame(nonce, data)).encode("ascii")
 
-    threads = [
-        threading.Thread(target=_relay, args=(out_r, log, b""), daemon=True),
-        threading.Thread(target=_relay, args=(err_r, log, f"==RF:{nonce}:ERR==".encode()),
-                         daemon=True),
-        threading.Thread(target=forward_outcomes, daemon=True),
-    ]
-    for thread in threads:
-        thread.start()
+    def on_note(note: bytes) -> None:
+        kind, _, value = note.decode("ascii", "replace").strip().partition(" ")
+        if kind == "C":
+            relay.drain()  # the call flushed its streams before announcing its outcome
+            relay.write(outcome_block(int(value)))
+        elif kind == "R":
+            # The child waits for the acknowledgement: nothing of this call is printed yet.
+            relay.drain()
+            relay.write(f"==RF:{nonce}:CALL {int(value)}==\n".encode("ascii"))
+            try:
+                os.write(ack_w, b"R")
+            except OSError:
+                pass  # the child died meanwhile
+
+    selector = selectors.DefaultSelector()
+    for fd in (out_r, err_r, note_r):
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ)
+    notes = b""
+    deadline: float | None = None
+    while relay.open or note_r in selector.get_map():
+        if deadline is None and child.poll() is not None:
+            # Bounded: a background process the user started may hold a pipe open.
+            deadline = time.monotonic() + 10
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        for key, _ in selector.select(0.5):
+            if key.fd != note_r:
+                relay.take(key.fd)
+                if key.fd not in relay.open:
+                    selector.unregister(key.fd)
+                continue
+            try:
+                chunk = os.read(note_r, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                selector.unregister(note_r)
+                continue
+            *complete, notes = (notes + chunk).split(b"\n")
+            for note in complete:
+                on_note(note)
+    relay.drain()
+    os.close(ack_w)
     code = child.wait()
-    for thread in threads:
-        # Bounded: a background process the user started may hold a pipe open.
-        thread.join(10)
     if code < 0:
         code = 128 - code
     receipt: dict[str, object] = {

@@ -415,8 +415,23 @@ def _run_initializer(envelope: dict[str, Any], state: _State) -> None:
         )
 
 
-def run_task(job_dir: str, task: int, state: _State, notify_fd: int | None = None) -> int:
-    """Run every call of one task, writing one outcome file per call; return an exit code."""
+def _wait_ack(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.read(fd, 1)
+        except OSError:
+            pass  # the reader went away: nothing more to wait for
+
+
+def run_task(
+    job_dir: str, task: int, state: _State, notify_fd: int | None = None,
+    ack_fd: int | None = None,
+) -> int:
+    """Run every call of one task, writing one outcome file per call; return an exit code.
+
+    With ``ack_fd``, each call waits before it starts for one byte there after announcing
+    itself (``R <index>``): the reader takes in everything printed before (streams flushed),
+    so that it can tell which call each line of output belongs to."""
     if os.path.exists(os.path.join(job_dir, CANCEL_NAME.format(task))):
         return 0  # cancelled while queued here: no outcome, the client knows
     try:
@@ -446,6 +461,12 @@ def run_task(job_dir: str, task: int, state: _State, notify_fd: int | None = Non
     calls.reverse()  # taken from the end: each call's pickle and buffers go once it ran
     while calls:
         index, blob, buffers = calls.pop()
+        # Which call what follows on stdout/stderr belongs to (a pod tags its log with it).
+        if ack_fd is not None:
+            sys.stdout.flush()  # what the initializer printed is not the call's
+            sys.stderr.flush()
+        _notify(notify_fd, f"R {index}")
+        _wait_ack(ack_fd)
         outcome = problem if problem is not None else _run_call(blob, buffers)
         del blob, buffers
         sys.stdout.flush()

@@ -10,6 +10,9 @@ Life of a job (see DESIGN.md for the contract)::
              resumed from the last resourceVersion after a drop, re-listed after 410 Gone
     poll     no API call: the state the watch cached, read through kubernetes_status; when a pod
              succeeds its log is read once and the framed, checksummed result block parsed
+    follow   (live output) the log of each running pod, up to MAX_LOG_STREAMS at once: what
+             its calls print is shown line by line, tagged with the call, and each finished
+             call's result is handed out as its block arrives
     cancel   delete the Job (background propagation: the garbage collector deletes its pods)
     release  delete the job's Jobs once their results are read
     close    delete everything carrying the session label
@@ -55,6 +58,8 @@ from .kubernetes_bucket import Bucket, parse_bucket
 from .kubernetes_channels import (
     MAX_SECRET_BYTES,
     FrameError,
+    LogFollower,
+    Printed,
     parse_log,
     parse_receipt,
     secret_size,
@@ -84,6 +89,15 @@ PAYLOAD_DIR = "/rf/payload"
 CACHE_DIR = "/rf/cache"
 CONTAINER = "task"
 
+#: Running pods whose logs are followed at once for live output; the others' output is shown
+#: when they end. A followed log (one long-lived request per pod, ``follow=true``) costs no
+#: poll anything and sends each byte once while the pod runs, and the position of each line
+#: in it is exact, so that the one full read at the end (needed anyway for the checked
+#: results) forwards only what the stream had not: nothing twice, nothing lost. Re-reading
+#: the log every poll would cost its whole length each time (the API has no byte offset), and
+#: ``sinceSeconds``/``sinceTime`` cut at timestamps, which several lines share. The cap bounds
+#: the connections a large map holds open (each is one HTTP request on the API server).
+MAX_LOG_STREAMS = 16
 #: Seconds between session heartbeats; sweep() treats a session silent for much longer as dead.
 HEARTBEAT_SECONDS = 60.0
 #: HTTP statuses worth retrying (with the server's Retry-After when it gives one).
@@ -229,6 +243,18 @@ class _K8sJob:
     indexed: bool = False
 
 
+@dataclasses.dataclass(eq=False)
+class _Follow:
+    """The followed log of one running pod (live output)."""
+
+    state: _K8sJob
+    index: int
+    follower: LogFollower
+    task: asyncio.Task[None] | None = None
+    #: The stream broke: the pod's results and output wait for its end (as unfollowed).
+    failed: bool = False
+
+
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """``extra`` merged into ``base`` recursively (dicts merged, everything else replaced)."""
     out = dict(base)
@@ -297,6 +323,8 @@ class KubernetesTransport(Transport):
         self._extra_files: dict[str, bytes] = {}
         self._extra_path = ""
         self._bucket: Bucket | None = None
+        #: Pod name -> its followed log (live output).
+        self._follows: dict[str, _Follow] = {}
 
     @classmethod
     def default_max_workers(cls, options: Any) -> int:
@@ -415,6 +443,7 @@ class KubernetesTransport(Transport):
             except BaseException:
                 pass
         self._watch_tasks = []
+        await self._stop_follows(list(self._follows))
         if self._client is None:
             await self._close_bucket()
             return
@@ -963,9 +992,11 @@ class KubernetesTransport(Transport):
                     reads.append((state, index, pod, status))
                 elif status.state.terminal:
                     state.final[index] = status
-                elif (pod is not None and status.state is TaskState.RUNNING
-                      and len(handle.spec.tasks[index].call_indices) > 1):
-                    progress.append((state, index, pod))
+                elif pod is not None and status.state is TaskState.RUNNING:
+                    follow = self._follow(state, index, pod)
+                    if ((follow is None or follow.failed)
+                            and len(handle.spec.tasks[index].call_indices) > 1):
+                        progress.append((state, index, pod))
         if reads or progress:
             async with anyio.create_task_group() as tg:
                 for state, index, pod, status in reads:
@@ -998,13 +1029,18 @@ class KubernetesTransport(Transport):
         """Read a finished pod's log: every call's outcome block (checked against the pod's
         termination receipt when it succeeded), what it printed, and on failure the tail."""
         name = pod["metadata"]["name"]
+        follow = self._follows.get(name)
+        await self._stop_follows([name])
+        # What the followed log showed already (its whole lines) is not shown again.
+        shown = follow.follower.settled if follow is not None else 0
         try:
-            text = await self._pod_log(name)
+            raw = await self._pod_log_bytes(name)
         except Exception as exc:
-            text = ""
+            raw = b""
             if status.state is TaskState.COMPLETED:
                 status = TaskStatus(TaskState.FAILED, f"Succeeded, but its log is unreadable: "
                                     f"{exc}", exit_code=0)
+        text = raw.decode("utf-8", errors="replace")
         receipt = parse_receipt(_termination_message(pod))
         if status.state is not TaskState.COMPLETED:
             receipt = None  # a crash leaves no receipt; the blocks before it still count
@@ -1022,7 +1058,9 @@ class KubernetesTransport(Transport):
                 status = TaskStatus(TaskState.FAILED, f"{status.raw_state}, but a result in "
                                     f"the bucket is unusable: {exc}", exit_code=status.exit_code)
         self._keep(state, index, outcomes)
-        self._forward(printed, errors)
+        if self._forwarding():
+            printed_lines = LogFollower(state.nonces[index]).feed(raw, ended=True)[0]
+            self._emit(state, [line for line in printed_lines if line.start >= shown])
         if status.state is not TaskState.COMPLETED:
             state.logs[index] = (errors + printed) if errors else printed
         state.final[index] = status
@@ -1083,18 +1121,85 @@ class KubernetesTransport(Transport):
         wanted = set(state.handle.spec.tasks[index].call_indices)
         state.outcomes.update({k: v for k, v in outcomes.items() if k in wanted})
 
-    def _forward(self, printed: str, errors: str = "") -> None:
-        if not (self.options.forward_output and self.output.enabled):
-            return
-        for sink, text in ((sys.stdout, printed), (sys.stderr, errors)):
-            if text:
-                try:
-                    sink.write(text)
-                    sink.flush()
-                except (OSError, ValueError):
-                    pass  # the caller closed its stream
+    def _forwarding(self) -> bool:
+        return self.options.forward_output and self.output.enabled
+
+    def _emit(self, state: _K8sJob, printed: Sequence[Printed]) -> None:
+        """Forward ``printed``, each run of lines of one stream and call in one piece."""
+        run: list[str] = []
+        for i, line in enumerate(printed):
+            run.append(line.text)
+            after = printed[i + 1] if i + 1 < len(printed) else None
+            if after is None or (after.stream, after.call) != (line.stream, line.call):
+                self.output.forward(line.stream, state.handle.job_id, line.call, "".join(run))
+                run = []
+
+    def _follow(self, state: _K8sJob, index: int, pod: dict[str, Any]) -> _Follow | None:
+        """The followed log of running ``pod``, started now if live output wants it and
+        fewer than :data:`MAX_LOG_STREAMS` are followed (None: not followed)."""
+        name = pod["metadata"]["name"]
+        follow = self._follows.get(name)
+        if follow is not None or not (self.output.live and self._forwarding()):
+            return follow
+        if sum(1 for f in self._follows.values()
+               if f.task is not None and not f.task.done()) >= MAX_LOG_STREAMS:
+            return None
+        follow = self._follows[name] = _Follow(state, index, LogFollower(state.nonces[index]))
+        follow.task = asyncio.get_running_loop().create_task(self._follow_log(follow, name))
+        return follow
+
+    async def _follow_log(self, follow: _Follow, pod: str) -> None:
+        """Forward what the pod's calls print as it reaches the log, and keep each result
+        whose block arrives (checked as the end read checks them; spilled ones wait)."""
+        state, index = follow.state, follow.index
+        try:
+            response = await self._call(
+                self._core.read_namespaced_pod_log, pod, self.options.namespace,
+                container=CONTAINER, follow=True, _preload_content=False)
+            try:
+                while True:
+                    chunk: bytes = await response.content.readany()
+                    if not chunk:
+                        # The container ended (or the server dropped the stream): the end
+                        # read shows the rest; until then, progress is read as unfollowed.
+                        follow.failed = True
+                        break
+                    printed, blocks = follow.follower.feed(chunk)
+                    self._emit(state, printed)
+                    kept = False
+                    for block in blocks:
+                        try:
+                            self._keep(state, index, parse_log(block, state.nonces[index],
+                                                               None, {})[0])
+                            kept = True
+                        except FrameError:
+                            follow.failed = True  # the end read judges the whole log
+                    if kept:
+                        self._notify()
+            finally:
+                response.release()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            follow.failed = True
+            log.debug("kubernetes: following the log of %s: %r", pod, exc)
+
+    async def _stop_follows(self, pods: Sequence[str]) -> None:
+        """Stop following these pods' logs (what the stream has not shown yet, the end read
+        shows)."""
+        tasks = []
+        for name in pods:
+            follow = self._follows.pop(name, None)
+            if follow is not None and follow.task is not None:
+                follow.task.cancel()
+                tasks.append(follow.task)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _pod_log(self, pod: str, *, tail: int | None = None) -> str:
+        return (await self._pod_log_bytes(pod, tail=tail)).decode("utf-8", errors="replace")
+
+    async def _pod_log_bytes(self, pod: str, *, tail: int | None = None) -> bytes:
         kwargs: dict[str, Any] = {"container": CONTAINER}
         if tail is not None:
             kwargs["tail_lines"] = tail
@@ -1104,7 +1209,7 @@ class KubernetesTransport(Transport):
             data: bytes = await response.read()
         finally:
             response.release()
-        return data.decode("utf-8", errors="replace")
+        return data
 
     async def fetch_outcomes(
         self, wanted: Mapping[JobHandle, Sequence[int]]
@@ -1174,6 +1279,11 @@ class KubernetesTransport(Transport):
                 raise TransportError(f"deleting {args[0]}: {exc.message}") from None
 
     def _forget(self, state: _K8sJob) -> None:
+        for name, follow in list(self._follows.items()):
+            if follow.state is state:  # a cancelled task's pod: its output no longer matters
+                self._follows.pop(name)
+                if follow.task is not None:
+                    follow.task.cancel()
         self._jobs.pop(state.handle.job_id, None)
         for name in state.names.values():
             self._by_name.pop(name, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 __all__ = [
     "MAX_SECRET_BYTES",
     "FrameError",
+    "LogFollower",
+    "Printed",
     "parse_log",
     "parse_receipt",
     "secret_size",
@@ -68,6 +71,7 @@ def parse_log(
     begin = f"==RF:{nonce}:BEGIN "
     end_marker = f"==RF:{nonce}:END=="
     err_prefix = f"==RF:{nonce}:ERR=="
+    call_prefix = f"==RF:{nonce}:CALL "
     head_re = re.compile(rf"^==RF:{re.escape(nonce)}:BEGIN n=(\d+) sha256=([0-9a-f]{{64}})==$")
     outcomes: dict[int, bytes] = {}
     out_lines: list[str] = []
@@ -78,6 +82,9 @@ def parse_log(
     i = 0
     while i < len(lines):
         line = lines[i]
+        if line.startswith(call_prefix):
+            i += 1
+            continue
         if line.startswith(err_prefix):
             err_lines.append(line[len(err_prefix):])
             i += 1
@@ -133,3 +140,101 @@ def parse_log(
             f"receipt ({receipt.get('calls')} calls, sha256 {str(receipt.get('sha256'))[:12]}...)"
         )
     return outcomes, "".join(out_lines), "".join(err_lines)
+
+
+#: A line longer than this is taken in pieces (the memory held per pod stays bounded).
+MAX_LINE_BYTES = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Printed:
+    """One line (or piece of a very long line) a pod's calls printed."""
+
+    #: Where it starts in the pod log (bytes): a log read again is forwarded from there on.
+    start: int
+    #: 1: stdout, 2: stderr.
+    stream: int
+    #: The call that printed it (None: before the first call started).
+    call: int | None
+    text: str
+
+
+class LogFollower:
+    """Takes a pod log apart as it arrives, in pieces of any size: what the calls printed
+    (each line with its stream, its call and its place in the log) and the text of each
+    result block (for :func:`parse_log`). The mark lines are never shown as output."""
+
+    def __init__(self, nonce: str) -> None:
+        self._begin = f"==RF:{nonce}:BEGIN ".encode()
+        self._end = f"==RF:{nonce}:END==".encode()
+        self._err = f"==RF:{nonce}:ERR==".encode()
+        self._call_re = re.compile(rb"==RF:" + re.escape(nonce.encode()) + rb":CALL (\d+)==")
+        self._buf = bytearray()
+        self._pos = 0  # where the buffer starts in the log
+        self._call: int | None = None
+        self._block: list[bytes] | None = None
+        #: The stream of a line taken in part (too long), whose rest is still to come.
+        self._rest_of: int | None = None
+        #: Where an empty stdout line starts that may be the one the pod writes before each
+        #: block (not the user's): decided by the next line.
+        self._held: int | None = None
+        #: Every line before this offset has been handed out (or was not output): reading
+        #: the log again, the lines from here on are still to show.
+        self.settled = 0
+
+    def feed(self, data: bytes, *, ended: bool = False) -> tuple[list[Printed], list[str]]:
+        """The lines ``data`` completes and the blocks it ends. ``ended``: the log is
+        complete (an unfinished last line is handed out too)."""
+        self._buf += data
+        printed: list[Printed] = []
+        blocks: list[str] = []
+        while self._buf:
+            cut = self._buf.find(b"\n") + 1
+            if not cut:
+                if ended or (self._block is None and len(self._buf) > MAX_LINE_BYTES):
+                    cut = len(self._buf)
+                else:
+                    break
+            line = bytes(self._buf[:cut])
+            del self._buf[:cut]
+            start = self._pos
+            self._pos += cut
+            self._line(start, line, printed, blocks)
+        if ended and self._held is not None:
+            printed.append(Printed(self._held, 1, self._call, "\n"))
+            self._held = None
+        self.settled = self._held if self._held is not None else self._pos
+        return printed, blocks
+
+    def _line(self, start: int, line: bytes, printed: list[Printed], blocks: list[str]) -> None:
+        whole = line.endswith(b"\n")
+        if self._rest_of is not None:  # the rest of a line too long to wait for
+            stream, self._rest_of = self._rest_of, None if whole else self._rest_of
+            printed.append(Printed(start, stream, self._call, line.decode("utf-8", "replace")))
+            return
+        if self._block is not None:
+            self._block.append(line)
+            if line.rstrip(b"\n") == self._end:
+                blocks.append(b"".join(self._block).decode("ascii", "replace"))
+                self._block = None
+            return
+        if line.startswith(self._begin):
+            self._held = None  # the pod's own newline before the block
+            self._block = [line]
+            return
+        if self._held is not None:
+            printed.append(Printed(self._held, 1, self._call, "\n"))
+            self._held = None
+        mark = self._call_re.fullmatch(line.rstrip(b"\n"))
+        if mark is not None:
+            self._call = int(mark.group(1))
+            return
+        stream = 1
+        if line.startswith(self._err):
+            stream, line = 2, line[len(self._err):]
+        elif line == b"\n":
+            self._held = start
+            return
+        if not whole:
+            self._rest_of = stream
+        printed.append(Printed(start, stream, self._call, line.decode("utf-8", "replace")))

@@ -103,6 +103,8 @@ class FakeCluster:
         self.tasks: set[asyncio.Task[None]] = set()
         self.root = Path(tempfile.mkdtemp(prefix="rf-fake-k8s-"))
         self.logs: dict[str, Path] = {}
+        #: Every log read: (pod, followed).
+        self.log_reads: list[tuple[str, bool]] = []
         self.max_parallel_seen: dict[str, int] = {}
 
     # --- fault staging --------------------------------------------------------------------
@@ -503,13 +505,44 @@ class FakeCluster:
             return web.json_response({"kind": "Status", "status": "Success"})
         return _status(405, "MethodNotAllowed", request.method)
 
-    async def log(self, request: web.Request) -> web.Response:
+    async def log(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         path = self.logs.get(name)
         if path is None:
             return _status(400, "BadRequest",
                            f'container "task" in pod "{name}" is waiting to start')
-        return web.Response(body=path.read_bytes(), content_type="text/plain")
+        self.log_reads.append((name, request.query.get("follow", "").lower() == "true"))
+        if request.query.get("follow", "").lower() != "true":
+            return web.Response(body=path.read_bytes(), content_type="text/plain")
+        # follow=true: what the log gains, as the kubelet streams it, until the container
+        # ends (its pod terminal or gone).
+        ns = request.match_info["ns"]
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        try:
+            await self._follow_log(ns, name, path, response)
+        except ConnectionError:
+            pass  # the client stopped following
+        return response
+
+    async def _follow_log(self, ns: str, name: str, path: Path,
+                          response: web.StreamResponse) -> None:
+        sent = 0
+        while True:
+            pod = self.objects.get(("pods", ns, name))
+            ended = pod is None or (pod.get("status") or {}).get("phase") in (
+                "Succeeded", "Failed")
+            with open(path, "rb") as f:
+                f.seek(sent)
+                data = f.read(1 << 20)
+            if data:
+                await response.write(data)
+                sent += len(data)
+            elif ended:
+                break
+            else:
+                await asyncio.sleep(0.05)
+        await response.write_eof()
 
     async def close(self) -> None:
         await self.drop_watches()

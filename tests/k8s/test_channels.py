@@ -11,6 +11,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cloudpickle
@@ -19,7 +20,13 @@ import pytest
 from remote_futures import k8s_entry, worker
 from remote_futures.jobs import TaskState
 from remote_futures.serialization import decode_outcome, encode_task
-from remote_futures.transports.kubernetes_channels import FrameError, parse_log, parse_receipt
+from remote_futures.transports.kubernetes_channels import (
+    FrameError,
+    LogFollower,
+    Printed,
+    parse_log,
+    parse_receipt,
+)
 from remote_futures.transports.kubernetes_status import job_failure, pod_status
 
 
@@ -104,6 +111,72 @@ def test_corrupt_and_truncated_blocks_are_errors() -> None:
         parse_log(block, "abc", other)
     assert parse_receipt("Traceback (most recent call last): ...") is None
     assert parse_receipt(json.dumps({"ok": True})) is None
+
+
+def _chatter() -> Callable[[str, int], str]:
+    """A function that prints (by value: the pod cannot import this test module)."""
+
+    def chatter(tag: str, lines: int) -> str:
+        import sys as s
+
+        for i in range(lines):
+            print(f"{tag} out {i}")
+            print(f"{tag} err {i}", file=s.stderr)
+        print()  # an empty line of the user's, kept
+        print(f"{tag} unfinished", end="")
+        return tag
+
+    return chatter
+
+
+def _pieces(printed: list[Printed]) -> list[tuple[int, int | None, str]]:
+    return [(p.stream, p.call, p.text) for p in printed]
+
+
+def test_entry_marks_each_call_and_the_follower_tags_every_line(tmp_path: Path) -> None:
+    """Each line of the log is its call's, however fast the calls print (the worker waits
+    until the entry has logged what came before a call's mark); the marks and blocks are
+    not output; an unfinished last line is ended when its call ends."""
+    log, receipt_text, code = _run_pod(tmp_path, [
+        (4, (_chatter(), ("a", 3000), {})), (5, (_chatter(), ("b", 5), {})),
+        (6, (_chatter(), ("c", 0), {}))])
+    assert code == 0
+    outcomes = parse_log(log, "n0nce", parse_receipt(receipt_text))[0]
+    assert sorted(outcomes) == [4, 5, 6]
+    printed = LogFollower("n0nce").feed(log.encode(), ended=True)[0]
+    assert not any("==RF:" in p.text for p in printed)
+    for call, tag, count in ((4, "a", 3000), (5, "b", 5), (6, "c", 0)):
+        mine = [(p.stream, p.text) for p in printed if p.call == call]
+        assert [t for s, t in mine if s == 1] == [
+            *(f"{tag} out {i}\n" for i in range(count)), "\n", f"{tag} unfinished\n"]
+        assert [t for s, t in mine if s == 2] == [f"{tag} err {i}\n" for i in range(count)]
+    assert all(p.call is not None for p in printed)
+
+
+def test_follower_read_in_pieces_then_again_whole_shows_each_line_once(
+    tmp_path: Path,
+) -> None:
+    """A log followed up to any byte, then read whole from where the follower settled,
+    shows exactly what one whole read shows: nothing twice, nothing lost."""
+    log, _, code = _run_pod(tmp_path, [(0, (_chatter(), ("x", 40), {})),
+                                       (1, (_chatter(), ("y", 3), {}))])
+    assert code == 0
+    data = log.encode()
+    whole = _pieces(LogFollower("n0nce").feed(data, ended=True)[0])
+    for cut in range(0, len(data) + 1, 37):
+        follower = LogFollower("n0nce")
+        streamed: list[Printed] = []
+        blocks: list[str] = []
+        for i in range(0, cut, 5):  # arbitrary pieces, as a stream delivers them
+            more, ended_blocks = follower.feed(data[i:min(i + 5, cut)])
+            streamed += more
+            blocks += ended_blocks
+        rest = [p for p in LogFollower("n0nce").feed(data, ended=True)[0]
+                if p.start >= follower.settled]
+        assert _pieces(streamed) + _pieces(rest) == whole, cut
+        # Each block the stream completed holds its call's checked outcome.
+        for block in blocks:
+            assert len(parse_log(block, "n0nce")[0]) == 1
 
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)

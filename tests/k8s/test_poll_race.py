@@ -38,13 +38,13 @@ async def test_pod_succeeding_during_another_read_is_not_reported_early(
     blocks = {"p0": k8s_entry.frame("n0", pickle.dumps({0: b"zero"})),
               "p1": k8s_entry.frame("n1", pickle.dumps({1: b"one"}))}
 
-    async def pod_log(name: str, *, tail: int | None = None) -> str:
+    async def pod_log(name: str, *, tail: int | None = None) -> bytes:
         if name == "p1":  # while task 1's log is read, task 0's pod succeeds
             transport._pods["p0"] = _pod("p0", "rf-x-0", "Succeeded")
             await anyio.sleep(0)
-        return blocks[name]
+        return blocks[name].encode()
 
-    transport._pod_log = pod_log  # type: ignore[method-assign]
+    transport._pod_log_bytes = pod_log  # type: ignore[method-assign]
     first = (await transport.poll([state.handle]))[state.handle]
     assert first.tasks[1].state is TaskState.COMPLETED and 1 in first.ready_calls
     assert not first.tasks[0].state.terminal or 0 in first.ready_calls
