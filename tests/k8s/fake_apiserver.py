@@ -105,6 +105,9 @@ class FakeCluster:
         self.logs: dict[str, Path] = {}
         #: Every log read: (pod, followed).
         self.log_reads: list[tuple[str, bool]] = []
+        #: A followed log ends after this many bytes though its pod still runs (as when the
+        #: API server drops a long request).
+        self.follow_cut: int | None = None
         self.max_parallel_seen: dict[str, int] = {}
 
     # --- fault staging --------------------------------------------------------------------
@@ -532,9 +535,13 @@ class FakeCluster:
             pod = self.objects.get(("pods", ns, name))
             ended = pod is None or (pod.get("status") or {}).get("phase") in (
                 "Succeeded", "Failed")
+            if self.follow_cut is not None and sent >= self.follow_cut:
+                break
             with open(path, "rb") as f:
                 f.seek(sent)
                 data = f.read(1 << 20)
+            if self.follow_cut is not None:
+                data = data[:self.follow_cut - sent]
             if data:
                 await response.write(data)
                 sent += len(data)

@@ -124,6 +124,33 @@ def test_pods_over_the_stream_cap_show_their_output_at_their_end(
     assert len(set(_followed(fake))) == 1, fake.cluster.log_reads
 
 
+def test_a_stream_that_ends_while_the_pod_runs_loses_and_repeats_nothing(
+    k8s_executor: MakeExecutor, fake: FakeServer, tmp_path: Path, seen: OutputRecorder
+) -> None:
+    """The server ends the followed log in the middle of a line while the pod still runs:
+    the lines it sent were shown live; the rest, the cut line included, comes once each
+    from the full read at the pod's end."""
+    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
+    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    seen.start()
+    ex = k8s_executor(max_workers=2)
+    gate = tmp_path / "gate"
+    try:
+        future = ex.submit(print_wait_print, "x", str(gate))
+        seen.wait_for("first out x", "out")
+        assert not future.done()
+    finally:
+        gate.touch()
+    assert future.result(timeout=120) == "x"
+    seen.wait_for("second out x", "out")
+    seen.wait_for("second err x", "err")
+    for stream, text in (("out", seen.out), ("err", seen.err)):
+        for which in ("first", "second"):
+            assert sum(line.endswith(f"] {which} {stream} x")
+                       for line in text.splitlines()) == 1, text
+    assert "==RF:" not in seen.out + seen.err
+
+
 def test_output_end_reads_no_log_while_pods_run_and_tags_at_the_end(
     k8s_executor: MakeExecutor, fake: FakeServer, seen: OutputRecorder
 ) -> None:
