@@ -461,12 +461,13 @@ def run_task(
     calls.reverse()  # taken from the end: each call's pickle and buffers go once it ran
     while calls:
         index, blob, buffers = calls.pop()
-        # Which call what follows on stdout/stderr belongs to (a pod tags its log with it).
         if ack_fd is not None:
-            sys.stdout.flush()  # what the initializer printed is not the call's
+            # Which call what follows on stdout/stderr belongs to (a pod tags its log with
+            # it); what came before (the initializer's, the last call's) is flushed first.
+            sys.stdout.flush()
             sys.stderr.flush()
-        _notify(notify_fd, f"R {index}")
-        _wait_ack(ack_fd)
+            _notify(notify_fd, f"R {index}")
+            _wait_ack(ack_fd)
         outcome = problem if problem is not None else _run_call(blob, buffers)
         del blob, buffers
         sys.stdout.flush()
