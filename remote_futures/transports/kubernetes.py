@@ -90,9 +90,9 @@ CACHE_DIR = "/rf/cache"
 CONTAINER = "task"
 
 #: Running pods whose logs are followed at once for live output; the others' output is shown
-#: when they end. A followed log (one long-lived request per pod, ``follow=true``) costs no
-#: poll anything and sends each byte once while the pod runs, and the position of each line
-#: in it is exact, so that the one full read at the end (needed anyway for the checked
+#: when they end. A followed log (one long-lived request per pod, ``follow=true``) adds no
+#: request to a poll and sends each byte once while the pod runs, and the position of each
+#: line in it is exact, so that the one full read at the end (needed anyway for the checked
 #: results) forwards only what the stream had not: nothing twice, nothing lost. Re-reading
 #: the log every poll would cost its whole length each time (the API has no byte offset), and
 #: ``sinceSeconds``/``sinceTime`` cut at timestamps, which several lines share. The cap bounds
