@@ -62,7 +62,8 @@ def bench(session: nox.Session) -> None:
         session.install("dask-jobqueue")
         scripts += ["benchmarks/bench_schedulers.py", "benchmarks/bench_ssh_pool.py",
                     "benchmarks/bench_bigargs.py", "benchmarks/bench_pilot_pool.py",
-                    "benchmarks/bench_bursts.py", "benchmarks/bench_default_workers.py"]
+                    "benchmarks/bench_bursts.py", "benchmarks/bench_default_workers.py",
+                    "benchmarks/bench_output.py"]
         with open(facts) as f:
             if "RF_K8S_KUBECONFIG" in f.read():
                 session.install("-e", ".[k8s]")

@@ -22,7 +22,6 @@ relay listens on 127.0.0.1, the testbed's only network.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -31,28 +30,14 @@ from typing import Any
 
 from remote_futures import RemoteExecutor
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ssh_pool import options  # the testbed's Slurm user over SSH
+
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 
 
 def square(x: int) -> int:
     return x * x
-
-
-def options() -> dict[str, Any] | None:
-    path = os.path.join(os.environ.get("RF_TESTBED_DIR", "/tmp/rf-testbed"), "testbed.json")
-    try:
-        with open(path) as f:
-            facts = json.load(f)
-    except OSError:
-        return None
-    return {
-        "host": facts.get("RF_SSH_HOST", "127.0.0.1"),
-        "port": int(facts.get("RF_SSH_PORT", 2222)),
-        "user": facts.get("RF_SLURM_USER", "slurmuser"),
-        "identity_file": facts["RF_SSH_KEY"],
-        "known_hosts": facts["RF_SSH_KNOWN_HOSTS"],
-        "max_workers": 2,
-    }
 
 
 def measure(pool: bool, opts: dict[str, Any]) -> dict[str, float]:
