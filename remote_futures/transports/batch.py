@@ -254,18 +254,29 @@ class BatchTransport(RemoteTransport):
         script_path = posixpath.join(job_dir, "job.sh")
         await self.shell.write_file(script_path, render_script(self.dialect, request).encode(),
                                     mode=0o700)
+        handle.job_id = await self.submit_script(
+            request, script_path, before=self.unpack_command(job_dir), what="the job"
+        )
+        log.debug("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
+                 handle.job_id, len(job.tasks), throttle)
+
+    async def submit_script(
+        self, request: ScriptRequest, script_path: str, *, before: str = "", what: str
+    ) -> str:
+        """Submit the script at ``script_path`` from its job directory (after the shell
+        command ``before``, if any) and return the scheduler's job id. One command, never
+        retried: a submission that may have happened must not happen twice. A refusal is a
+        :class:`SubmissionError` with the scheduler's words, naming ``what`` was refused."""
         submit = shlex.join(self.dialect.submit_argv(request, script_path))
-        command = f"cd {shlex.quote(job_dir)} && {self.unpack_command(job_dir)} && {submit}"
-        result = await self.shell.run(command, retry=False)
+        steps = [f"cd {shlex.quote(request.job_dir)}", *([before] if before else []), submit]
+        result = await self.shell.run(" && ".join(steps), retry=False)
         if not result.ok:
             said = (result.stderr.strip() or result.stdout.strip())[-2000:]
             raise SubmissionError(
-                f"{self.name} refused the job on {self.shell.label}: {said}",
+                f"{self.name} refused {what} on {self.shell.label}: {said}",
                 command=submit, stderr=result.stderr,
             )
-        handle.job_id = self.dialect.parse_submit(result.stdout)
-        log.debug("submitted %s: %s job %s with %d task(s), %d at a time", job.name, self.name,
-                 handle.job_id, len(job.tasks), throttle)
+        return self.dialect.parse_submit(result.stdout)
 
     async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
         """Let the submitted array run ``max_concurrent`` tasks at once, with the scheduler's

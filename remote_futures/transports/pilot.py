@@ -52,7 +52,7 @@ import anyio
 import anyio.abc
 
 from .. import relay, worker, worker_loop
-from ..errors import ConfigurationError, SubmissionError, TransportError
+from ..errors import ConfigurationError, TransportError
 from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
 from ..resources import Resources
 from ..shell import LocalShell
@@ -598,21 +598,12 @@ class PilotTransport(PoolTransport, BatchTransport):
             worker_command="",
         )
         script_path = posixpath.join(pilot.directory, "pilot.sh")
-        submit = shlex.join(self.dialect.submit_argv(request, script_path))
         try:
             await self.shell.makedirs(pilot.directory, mode=0o700)
             script = pilot_script(self, request, [self._worker_command(pilot, slot)
                                                   for slot in range(pilot.slots)])
             await self.shell.write_file(script_path, script.encode(), mode=0o700)
-            result = await self.shell.run(f"cd {shlex.quote(pilot.directory)} && {submit}",
-                                          retry=False)
-            if not result.ok:
-                said = (result.stderr.strip() or result.stdout.strip())[-2000:]
-                raise SubmissionError(
-                    f"{self.name} refused the pilot job on {self.shell.label}: {said}",
-                    command=submit, stderr=result.stderr,
-                )
-            pilot.job_id = self.dialect.parse_submit(result.stdout)
+            pilot.job_id = await self.submit_script(request, script_path, what="the pilot job")
         except Exception as exc:
             log.warning("%s: submitting a pilot job failed: %s", self.describe, exc)
             self._pilot_gone(pilot, f"not submitted: {exc}")
