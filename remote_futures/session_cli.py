@@ -243,6 +243,19 @@ class CallLog:
         return dataclasses.asdict(self)
 
 
+def _job_dirs_transport(session: SessionRecord, why_not: str) -> RemoteTransport:
+    """The session's transport (not opened yet), to reach its job directories; a session on a
+    transport whose jobs do not outlive the client is a :class:`ConfigurationError` saying
+    ``why_not``."""
+    if session.transport not in ATTACHABLE:
+        raise ConfigurationError(
+            f"session {session.session_id} ran on {session.transport!r}: {why_not}"
+        )
+    transport = open_session_transport(session, {}, forward_output=False)
+    assert isinstance(transport, RemoteTransport)
+    return transport
+
+
 async def read_logs(session_id: str, call: int | None = None) -> list[CallLog]:
     """The captured stdout and stderr of a session's call (or of every call)."""
     session, jobs, calls = find_session(session_id)
@@ -262,13 +275,9 @@ async def read_logs(session_id: str, call: int | None = None) -> list[CallLog]:
         else:
             wanted.append((record, job))
     if wanted:
-        if session.transport not in ATTACHABLE:
-            raise ConfigurationError(
-                f"session {session.session_id} ran on {session.transport!r}: its output was "
-                "printed by its client, not kept in job directories"
-            )
-        transport = open_session_transport(session, {}, forward_output=False)
-        assert isinstance(transport, RemoteTransport)
+        transport = _job_dirs_transport(
+            session, "its output was printed by its client, not kept in job directories"
+        )
         async with transport:
             paths = [posixpath.join(job.location, name.format(record.task))
                      for record, job in wanted
@@ -312,13 +321,9 @@ async def cancel_session(session_id: str) -> tuple[SessionRecord, list[JobRecord
     session, jobs, _ = find_session(session_id)
     open_jobs = [job for job in jobs if job.released is None]
     if open_jobs:
-        if session.transport not in ATTACHABLE:
-            raise ConfigurationError(
-                f"session {session.session_id} ran on {session.transport!r}: its work ended "
-                "with its client; there is nothing to cancel"
-            )
-        transport = open_session_transport(session, {}, forward_output=False)
-        assert isinstance(transport, RemoteTransport)
+        transport = _job_dirs_transport(
+            session, "its work ended with its client; there is nothing to cancel"
+        )
         async with transport:
             for job in open_jobs:
                 # A cancel marker per task first: a task the scheduler starts anyway skips
