@@ -41,6 +41,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
 
 #: Lines of base64 in the framed block.
 LINE = 76
@@ -131,6 +133,36 @@ def _find_uv(scratch: str, shipped: dict[str, object] | None) -> list[str]:
     )
 
 
+def _installed_version(name: str) -> str | None:
+    """The version of distribution ``name`` this interpreter has (None: not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def lines_to_install(
+    spec: Mapping[str, Any], installed: Callable[[str], str | None]
+) -> list[str] | None:
+    """The requirement lines this pod must install (None: nothing), checked against what its
+    interpreter really has (``installed(name) -> version``).
+
+    The client plans from a probe of the image that it caches, and a tag can be rebuilt since:
+    a pinned distribution (``packages``: name, version, line) that the image now has at that
+    version is not installed again, and one the probe saw (``expected``) that the image no
+    longer has is installed. Lines without a pin (a specifier, a URL) are always installed;
+    the index options (``options``) go first when anything is."""
+    packages = [line for name, version, line in spec.get("packages") or ()
+                if version is None or installed(name) != version]
+    packages += [line for name, version, line in spec.get("expected") or ()
+                 if installed(name) != version]
+    if not packages:
+        return None
+    return [*(spec.get("options") or ()), *packages]
+
+
 def _prepare_environment(payload_dir: str) -> str | None:
     """Install what the image lacks (``env.json``, written by the client) with uv into a
     directory that goes ahead of the image's packages on the path; return it (None: nothing
@@ -141,18 +173,24 @@ def _prepare_environment(payload_dir: str) -> str | None:
         return None
     with open(spec_path) as f:
         spec = json.load(f)
+    lines = lines_to_install(spec, _installed_version)
+    if lines is None:
+        return None
+    # The directory is named after what this pod installs: the client's view of the image
+    # (its cached probe) can be older than the image, so two pods may differ.
+    key = hashlib.sha256("\n".join([spec["key"], *lines]).encode()).hexdigest()[:16]
     root = os.path.join(os.environ.get("RF_ENV_CACHE") or tempfile.gettempdir(), "rf-envs")
-    target = os.path.join(root, spec["key"])
+    target = os.path.join(root, key)
     if os.path.exists(os.path.join(target, ENV_MARKER)):
         return target
     os.makedirs(root, exist_ok=True)
     # A private directory, renamed into place when complete: pods installing the same
     # difference at once never see each other's half-done work.
-    work = tempfile.mkdtemp(prefix=f".{spec['key']}-", dir=root)
+    work = tempfile.mkdtemp(prefix=f".{key}-", dir=root)
     scratch = tempfile.mkdtemp(prefix="rf-uv-")
     requirements = os.path.join(scratch, "requirements.txt")
     with open(requirements, "w") as f:
-        f.write("\n".join(spec["requirements"]) + "\n")
+        f.write("\n".join(lines) + "\n")
     argv = [*_find_uv(scratch, spec.get("uv")), "pip", "install", "--target", work,
             "--python", sys.executable, *spec["uv_options"], "-r", requirements]
     if spec.get("offline"):
@@ -165,10 +203,10 @@ def _prepare_environment(payload_dir: str) -> str | None:
         shutil.rmtree(work, ignore_errors=True)
         raise SystemExit(
             "remote_futures: installing what the image lacks failed "
-            f"({' '.join(spec['requirements'])[:300]}):\n{(done.stderr or done.stdout)[-1500:]}"
+            f"({' '.join(lines)[:300]}):\n{(done.stderr or done.stdout)[-1500:]}"
         )
     with open(os.path.join(work, ENV_MARKER), "w") as f:
-        f.write(json.dumps({"requirements": spec["requirements"], "time": time.time()}))
+        f.write(json.dumps({"requirements": lines, "time": time.time()}))
     try:
         os.rename(work, target)
     except OSError:

@@ -88,6 +88,8 @@ PAYLOAD_DIR = "/rf/payload"
 #: Where the cache volume is mounted in pods.
 CACHE_DIR = "/rf/cache"
 CONTAINER = "task"
+#: Seconds a probe of an image is trusted: tags are rebuilt (the pods also check the plan).
+PROBE_TTL = 3600.0
 
 #: Running pods whose logs are followed at once for live output; the others' output is shown
 #: when they end. A followed log (one long-lived request per pod, ``follow=true``) adds no
@@ -507,9 +509,17 @@ class KubernetesTransport(Transport):
         if "cloudpickle" not in probe.get("packages", {}):
             self._extra_files["cloudpickle.zip"] = _cloudpickle_zip()
             self._extra_path = "cloudpickle.zip"
-        install = _environment_difference(self.options.env, probe, self.options.image)
+        try:
+            install = _environment_difference(self.options.env, probe, self.options.image)
+        except RemoteEnvironmentError:
+            if not probe.get("cached"):
+                raise
+            # The image may have gained what it lacked since the cached probe: ask it again
+            # before refusing.
+            probe = await self._probe(use_cache=False)
+            install = _environment_difference(self.options.env, probe, self.options.image)
         if install is not None:
-            if not probe.get("uv") and self._bucket is not None:
+            if install["packages"] and not probe.get("uv") and self._bucket is not None:
                 install["uv"] = await self._ship_uv(probe)
             self._extra_files["env.json"] = json.dumps(install).encode()
 
@@ -531,14 +541,20 @@ class KubernetesTransport(Transport):
         await self._bucket.put(key, data)
         return {"url": await self._bucket.presign_get(key), "bytes": len(data), "sha256": sha256}
 
-    async def _probe(self) -> dict[str, Any]:
-        """The image's Python version and whether it has cloudpickle, cached per image."""
+    async def _probe(self, *, use_cache: bool = True) -> dict[str, Any]:
+        """What the image's interpreter is and has (version, packages, markers, uv), cached
+        per image and interpreter for ``PROBE_TTL`` seconds: a tag can be rebuilt, so the
+        pods check the plan made from it against what they really have (``k8s_entry``)."""
         cache = _probe_cache_path(self.options.image, self.options.python)
-        try:
-            cached: dict[str, Any] = json.loads(cache.read_text())
-            return cached
-        except (OSError, ValueError):
-            pass
+        if use_cache:
+            try:
+                cached: dict[str, Any] = json.loads(cache.read_text())
+            except (OSError, ValueError):
+                pass
+            else:
+                age = time.time() - float(cached.get("probed_at", 0))
+                if 0 <= age < PROBE_TTL:
+                    return {**cached, "cached": True}
         from ..envsync import _probe as probe_script
 
         config = {"uv_candidates": ["uv", "-m uv"], "min_uv": "0.4",
@@ -563,7 +579,7 @@ class KubernetesTransport(Transport):
                             if line.startswith(probe_script.MARK):
                                 result: dict[str, Any] = json.loads(
                                     line[len(probe_script.MARK):])
-                                _write_cache(cache, result)
+                                _write_cache(cache, {**result, "probed_at": time.time()})
                                 return result
                         raise TransportError(f"the image probe printed no result: {text[-500:]}")
                     if status.state.terminal:
@@ -1440,7 +1456,13 @@ def _environment_difference(
     for name, why in plan.skipped:
         log.info("kubernetes: %s is not installed in the pods: %s", name, why)
     packages = plan.packages
-    if not packages:
+    # What the probe saw in the image at the wanted version, for the pods to check (the
+    # probe may be older than the image): pins from an index, which a pod can install.
+    satisfied = set(plan.satisfied)
+    expected = [[item.name, item.version, item.requirement] for item in wanted.items
+                if item.name in satisfied and item.version is not None
+                and item.source.kind == "index"]
+    if not packages and not expected:
         return None
     local_only = [item.name for item in packages
                   if item.source.kind == "ship"
@@ -1459,7 +1481,9 @@ def _environment_difference(
              len(lines), ", ".join(item.name for item in packages))
     return {
         "key": hashlib.sha256(material.encode()).hexdigest()[:16],
-        "requirements": lines,
+        "options": [item.requirement for item in plan.install if item.origin == "option"],
+        "packages": [[item.name, item.version, item.requirement] for item in packages],
+        "expected": expected,
         "uv_options": options,
         "offline": spec.offline,
     }

@@ -118,7 +118,8 @@ def test_large_argument_and_result_go_through_the_bucket(
     spilled = [r for r in receipts if r.get("channel") == "url"]
     assert len(spilled) == 1 and len(spilled[0]["url"]) == 1
     assert len(next(iter(spilled[0]["url"].values()))) == 64
-    assert any(r.get("channel") == "log" for r in receipts)  # the small call
+    # (The small call's receipt is not asserted: its result can come from the followed log,
+    # and then its pod is released without its receipt being read.)
     assert s3.keys() == []  # fetched results deleted, inputs deleted at release/shutdown
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import json
 import shutil
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -226,3 +228,92 @@ def test_image_without_uv_gets_the_clients_through_the_bucket_tier_b(
             **options)
 
     _no_uv_scenario(make, index, tmp_path, s3.options())
+
+
+def _probe_cache(home: Path) -> Path:
+    [cached] = (home / "remote_futures" / "k8s-probe-v2").glob("*.json")
+    return cached
+
+
+def _stale_probe_scenario(make: Callable[..., RemoteExecutor], home: Path) -> None:
+    """The client's cached probe of the image is older than the image: it says the image lacks
+    a distribution that the image has. No index is reachable, so installing it would fail."""
+    import importlib.metadata
+
+    env = EnvSpec(mode="sync", no_index=True)
+    with make(env=env) as ex:  # probes the image and caches what it has
+        assert ex.submit(len, b"ab").result(timeout=180) == 2
+    cached = _probe_cache(home)
+    probe = json.loads(cached.read_text())
+    assert probe["packages"].pop("iniconfig") == importlib.metadata.version("iniconfig")
+    cached.write_text(json.dumps(probe))
+    with make(env=env) as ex:
+        version = ex.submit(importlib.metadata.version, "iniconfig").result(timeout=180)
+    assert version == importlib.metadata.version("iniconfig")
+
+
+def test_a_stale_probe_does_not_reinstall_what_the_image_has_fake_api(
+    k8s_executor: Callable[..., RemoteExecutor], fake: FakeServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    _stale_probe_scenario(partial(k8s_executor, start_grace=30.0), tmp_path / "home")
+
+
+@pytest.mark.testbed
+def test_a_stale_probe_does_not_reinstall_what_the_image_has_tier_b(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    facts = require_testbed("kubernetes")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+
+    def make(**options: Any) -> RemoteExecutor:
+        return RemoteExecutor(
+            "kubernetes", kubeconfig=str(facts.raw["RF_K8S_KUBECONFIG"]),
+            namespace=str(facts.raw["RF_K8S_NAMESPACE"]), python=sys.executable,
+            start_grace=30.0, max_workers=2, **options)
+
+    _stale_probe_scenario(make, tmp_path / "home")
+
+
+def test_an_expired_probe_is_asked_again(
+    k8s_executor: Callable[..., RemoteExecutor], fake: FakeServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A probe older than PROBE_TTL is not trusted: the image (tag) may have been rebuilt with
+    another Python since."""
+    from remote_futures.transports import kubernetes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    with k8s_executor(env="sync") as ex:
+        assert ex.submit(len, b"ab").result(timeout=60) == 2
+    cached = _probe_cache(tmp_path / "home")
+    probe = json.loads(cached.read_text())
+    probe["version"] = [3, 9, 0] if sys.version_info[:2] != (3, 9) else [3, 10, 0]
+    probe["probed_at"] -= kubernetes.PROBE_TTL + 60
+    cached.write_text(json.dumps(probe))
+    with k8s_executor(env="sync") as ex:
+        assert ex.submit(len, b"abc").result(timeout=60) == 3
+    # While it is young it is trusted: the same stale answer within the TTL is refused.
+    probe["probed_at"] = time.time()
+    cached.write_text(json.dumps(probe))
+    with k8s_executor(env="sync") as ex, pytest.raises(Exception, match="runs Python"):
+        ex.submit(len, b"").result(timeout=60)
+
+
+def test_a_cached_probe_is_asked_again_before_refusing_a_local_distribution(
+    k8s_executor: Callable[..., RemoteExecutor], fake: FakeServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image lacked this project (installed here from a checkout) when it was probed and
+    has it now: the client asks the image again rather than refuse."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    with k8s_executor(env="sync") as ex:
+        assert ex.submit(len, b"ab").result(timeout=60) == 2
+    cached = _probe_cache(tmp_path / "home")
+    probe = json.loads(cached.read_text())
+    assert probe["packages"].pop("remote-futures", None) is not None
+    cached.write_text(json.dumps(probe))
+    with k8s_executor(env="sync") as ex:
+        assert ex.submit(len, b"abc").result(timeout=60) == 3
+    assert "remote-futures" in json.loads(cached.read_text())["packages"]

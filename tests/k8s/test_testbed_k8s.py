@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import operator
+import secrets
 import sys
 import time
 from typing import Any
@@ -117,7 +118,8 @@ def test_sweep_deletes_a_dead_sessions_leftovers_only() -> None:
     import kubernetes_asyncio as k8s
 
     options = _options()
-    dead = "deadbeef0001"
+    # A name of its own each run: a run stopped half-way leaves its "dead" session behind.
+    dead = f"dead{secrets.token_hex(4)}"
     labels = {MANAGED_BY: "remote-futures", SESSION_LABEL: dead}
 
     async def leave_leftovers() -> None:
