@@ -65,19 +65,26 @@ _BROKEN_LINE = "@@rf-broken"
 _PRUNED_LINE = "@@rf-pruned "
 
 
+#: Minutes since its last use within which a venv is never pruned: jobs of the session that
+#: used it (queued, or running for hours) still need it, however many others came since.
+PRUNE_IDLE_MINUTES = 24 * 60
+
+
 def _prune_snippet(root: str, platform: str, keep: int) -> str:
     """Shell lines removing all but the ``keep`` most recently used complete venvs.
 
     A venv's marker is touched at every cache hit, so ``ls -t`` of the markers orders venvs by
-    last use. The venv of this sync (``$d``) is never removed, and neither is one whose sync is
-    in progress (it has no marker yet, or holds a lock). A venv is first renamed away, so a
-    job starting meanwhile fails to find it rather than running in a half-deleted tree."""
+    last use. The venv of this sync (``$d``) is never removed, nor one used in the last
+    ``PRUNE_IDLE_MINUTES`` (another session's jobs may still be queued in it), nor one whose
+    sync is in progress (it has no marker yet, or holds a lock). A venv is first renamed away,
+    so a job starting meanwhile fails to find it rather than running in a half-deleted tree."""
     if keep < 1:
         raise ValueError(f"keep must be at least 1, not {keep}")
     markers = f'{root}/{platform}-*/{MARKER_NAME}'
     return (
         f"ls -t {markers} 2>/dev/null | tail -n +{keep + 1} | while IFS= read -r m; do "
         f'v="${{m%/*}}"; if [ "$v" != "$d" ] && [ ! -d "$v".lock ] && '
+        f'[ -z "$(find "$m" -mmin -{PRUNE_IDLE_MINUTES} 2>/dev/null)" ] && '
         f'mv "$v" "$v".old-$$ 2>/dev/null; then '
         f'rm -rf "$v".old-$$ "$v"-wheels; printf \'{_PRUNED_LINE}%s\\n\' "$v"; fi; done'
     )

@@ -49,7 +49,8 @@ class EnvSpec:
     sees the remote interpreter's own packages, and those already at the wanted version are not
     installed again (useful with a cluster's tuned numpy or mpi4py). ``keep_envs``: how many
     complete venvs of one Python and platform to keep in the work directory (the most recently
-    used; the one in use is never removed); None keeps every one.
+    used; the one in use, and any used in the last day, are never removed); None keeps every
+    one.
     """
 
     mode: Mode = "sync"

@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,7 @@ async def test_old_venvs_beyond_keep_envs_are_pruned_least_recently_used_first(
         ))
     venvs = [m.venv_dir for m in made]
     assert all(Path(str(v), MARKER_NAME).is_file() for v in venvs)  # 3: one over the bound
+    _last_used(venvs, days_ago=[4, 3, 2])  # none used in the last day: all may go
 
     # Using the first again makes it the most recent: the second is the least recently used.
     caplog.set_level(logging.INFO, "remote_futures.envsync")
@@ -124,6 +126,38 @@ async def test_old_venvs_beyond_keep_envs_are_pruned_least_recently_used_first(
     assert not glob.glob(f"{venvs[1]}*")  # nothing left of it, not even a renamed copy
     assert f"removed the old environment {venvs[1]}" in caplog.text
     assert _run(reused, "import rf_tiny_a; print(rf_tiny_a.__version__)") == "1.0"
+
+
+def _last_used(venvs: list[str], days_ago: list[float]) -> None:
+    """Pretend each venv was last used (its marker touched) so many days ago."""
+    now = time.time()
+    for venv, days in zip(venvs, days_ago, strict=True):
+        stamp = now - days * 86400
+        os.utime(Path(venv, MARKER_NAME), (stamp, stamp))
+
+
+async def test_a_venv_used_in_the_last_day_is_not_pruned(tmp_path: Path, spec: EnvSpec) -> None:
+    """Another session used it a few hours ago and may have jobs queued in it: more venvs
+    since does not remove it."""
+    keep_one = EnvSpec(find_links=spec.find_links, no_index=True, keep_envs=1)
+    made = [await sync_environment(
+        CountingShell(), python=PYTHON, work_dir=str(tmp_path), spec=keep_one,
+        local={"rf-tiny-a": version, "cloudpickle": CLOUDPICKLE},
+    ) for version in ("1.0", "1.1")]
+    venvs = [str(m.venv_dir) for m in made]
+    _last_used(venvs, days_ago=[5 / 24, 1 / 24])
+    third = await sync_environment(CountingShell(), python=PYTHON, work_dir=str(tmp_path),
+                                   spec=keep_one, local={"rf-tiny-c": "1.0",
+                                                         "cloudpickle": CLOUDPICKLE})
+    assert all(Path(v, MARKER_NAME).is_file() for v in venvs)
+    assert _run(made[0], "import rf_tiny_a; print(rf_tiny_a.__version__)") == "1.0"
+    # A day later the bound applies again: only the venv in use stays.
+    _last_used(venvs, days_ago=[2, 1.5])
+    await sync_environment(CountingShell(), python=PYTHON, work_dir=str(tmp_path),
+                           spec=keep_one, local={"rf-tiny-c": "1.0",
+                                                 "cloudpickle": CLOUDPICKLE})
+    left = [str(Path(m).parent) for m in glob.glob(f"{tmp_path}/envs/*/{MARKER_NAME}")]
+    assert left == [str(third.venv_dir)]
 
 
 async def test_a_venv_being_built_is_not_pruned(
