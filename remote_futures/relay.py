@@ -29,6 +29,14 @@ Frames between the relay and the client, both ways::
     client -> relay   D  bytes               send to the worker
                       K  ""                  kill the worker (through its pilot)
                       E  ""                  close the worker's connection
+                      C  "shell command"     (connection 0) what cancels the client's pilot
+                                             jobs, replaced at each change
+                      Q  ""                  (connection 0) the client is closing by itself
+
+When the client goes without saying ``Q`` (killed, or its connection dropped), the relay runs
+the last ``C`` command before it exits: pilot jobs still queued would otherwise start later
+only to find no relay, after holding their place (and maybe the user's allocation) in the
+queue. Running ones end anyway: their workers lose the relay.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -69,6 +78,24 @@ class _Relay:
         self.controls: dict[tuple[str, str], socket.socket] = {}
         #: (pilot, slot) -> set when its control connection closed.
         self.control_done: dict[tuple[str, str], threading.Event] = {}
+        #: The client's command that cancels its pilot jobs (``C``), and whether it said it
+        #: is closing by itself (``Q``).
+        self.cancel_command = ""
+        self.closing = False
+        self.gone_lock = threading.Lock()
+
+    def client_gone(self) -> None:
+        """The client left: cancel its pilot jobs unless it is closing by itself, and exit
+        (every connection closes with the process, so every worker leaves)."""
+        with self.gone_lock:  # once, whichever thread sees it first
+            if not self.closing and self.cancel_command:
+                try:
+                    subprocess.run(["/bin/sh", "-c", self.cancel_command], timeout=60,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+                except (OSError, subprocess.SubprocessError):
+                    pass  # nothing more can be done from here
+            os._exit(0)
 
     def emit(self, conn: int, kind: bytes, data: bytes = b"") -> None:
         frame = _HEAD.pack(5 + len(data), conn, kind) + data
@@ -76,7 +103,7 @@ class _Relay:
             try:
                 self.out.write(frame)
             except OSError:
-                os._exit(0)  # the client went away
+                self.client_gone()
 
     def accept_loop(self, server: socket.socket) -> None:
         while True:
@@ -210,6 +237,12 @@ class _Relay:
             while True:
                 size, conn, kind = _HEAD.unpack(exactly(_HEAD.size))
                 data = exactly(size - 5) if size > 5 else b""
+                if conn == 0:
+                    if kind == b"C":
+                        self.cancel_command = data.decode("utf-8", errors="replace")
+                    elif kind == b"Q":
+                        self.closing = True
+                    continue
                 with self.lock:
                     found = self.conns.get(conn)
                 if found is None:
@@ -250,8 +283,8 @@ def serve(bind: str, token_file: str) -> int:
     relay.emit(0, b"P", f"{host} {port}".encode())
     threading.Thread(target=relay.accept_loop, args=(server,), daemon=True).start()
     relay.client_loop()
-    # The client is gone or closing: every connection closes with the process.
-    os._exit(0)
+    relay.client_gone()
+    return 0
 
 
 def _connect(host: str, port: int, greeting: bytes, deadline: float) -> socket.socket:

@@ -22,7 +22,10 @@ or are starting; its workers join the pool when they connect. A worker stops tak
 and a replacement is started while work remains; a worker idle for ``idle_timeout`` seconds
 leaves. When every worker of a pilot has left, its job ends. A pilot still pending when no
 call waits any more (others did the work) is cancelled. At shutdown every pilot job is
-cancelled with the scheduler's own command, and the relay's end makes every worker leave.
+cancelled with the scheduler's own command, and the relay's end makes every worker leave. A
+client that goes without shutting down (killed, its connection dropped) leaves nothing either:
+its relay sees its input end, cancels the pilot jobs still queued (the client keeps it told
+how) and exits, and the running pilots' workers leave with it.
 
 A pilot that dies (``scancel``, a node failure, its walltime) fails the calls its workers were
 running with :class:`~remote_futures.errors.WorkerDiedError` (retried per ``retries=``), and the
@@ -309,6 +312,7 @@ class PilotTransport(PoolTransport, BatchTransport):
                 + (f": {said}" if said else f" within {_RELAY_START:.0f} s")
             )
         log.info("%s: pilot relay listening on %s", self.describe, self._relay_address)
+        self._tell_relay_how_to_cancel()
 
     async def close(self) -> None:
         """Cancel every pilot job, stop the relay (so every worker leaves), disconnect."""
@@ -316,6 +320,12 @@ class PilotTransport(PoolTransport, BatchTransport):
         self.workers = []
         with anyio.CancelScope(shield=True):
             if self._relay_stdin is not None:
+                try:
+                    # The pilots are cancelled below: the relay need not do it when it sees
+                    # its input end.
+                    self.relay_send(0, b"Q")
+                except OSError:
+                    pass
                 try:
                     self._relay_stdin.write_eof()
                 except Exception:
@@ -611,6 +621,7 @@ class PilotTransport(PoolTransport, BatchTransport):
             return
         pilot.state = "submitted"
         log.debug("%s: pilot job %s (%d worker(s))", self.describe, pilot.job_id, pilot.slots)
+        self._tell_relay_how_to_cancel()
         if self.closing:
             await self.shell.run(shlex.join(self.dialect.cancel_argv(pilot.job_id)))
 
@@ -622,6 +633,18 @@ class PilotTransport(PoolTransport, BatchTransport):
         pilot.state = why
         self.starting -= pilot.unconnected
         pilot.unconnected = 0
+        self._tell_relay_how_to_cancel()
+
+    def _tell_relay_how_to_cancel(self) -> None:
+        """Give the relay the command that cancels the pilot jobs not over yet: it runs it if
+        this client goes without closing (killed, or its connection dropped), so that no pilot
+        stays queued for a client that is gone."""
+        ids = [p.job_id for p in self._pilots.values() if p.job_id and not p.done]
+        command = "; ".join(shlex.join(self.dialect.cancel_argv(i)) for i in ids)
+        try:
+            self.relay_send(0, b"C", command.encode())
+        except OSError:
+            pass  # no relay now: the next one is told when it starts
 
     async def _watch(self) -> None:
         """Watch the pilots: their scheduler states, walltimes and idle workers."""

@@ -202,6 +202,53 @@ def test_a_client_killed_outright_leaves_no_pilot_behind(tmp_path: Any) -> None:
         time.sleep(1)
 
 
+_PENDING_ORPHAN = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from testbed_facts import executor_options, require_testbed
+from remote_futures import RemoteExecutor, Resources
+ex = RemoteExecutor("slurm", pool=True, max_workers=2, relay_bind="127.0.0.1",
+                    resources=Resources(job_extra_directives=("--dependency=afterok:{parent}",)),
+                    **executor_options(require_testbed("slurm"), "slurm"))
+ex.submit(abs, -1)
+while not [p for p in ex.transport._pilots.values() if p.job_id]:
+    time.sleep(0.1)
+time.sleep(1.0)  # the relay is told how to cancel the pilot as soon as it is submitted
+print(" ".join(p.job_id for p in ex.transport._pilots.values() if p.job_id), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_client_killed_outright_leaves_no_pilot_queued(tmp_path: Any) -> None:
+    """SIGKILL of a client whose pilot still waits in the queue (on a dependency that clears
+    only in five minutes): its relay, seeing the client gone, cancels the pilot job instead of
+    leaving it to start later for nobody."""
+    import os
+    import signal
+    import sys
+
+    parent = _as_user("slurm", "sbatch --parsable -o /dev/null --wrap 'sleep 300'").strip()
+    script = tmp_path / "client.py"
+    script.write_text(_PENDING_ORPHAN.format(
+        tests=os.path.dirname(os.path.dirname(__file__)), parent=parent))
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout is not None
+        ids = client.stdout.readline().split()
+        assert ids, "the client did not submit its pilot"
+        assert _listed("slurm", ids)
+        client.send_signal(signal.SIGKILL)
+        client.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _listed("slurm", ids):
+            assert time.monotonic() < deadline, f"pilots left queued: {_listed('slurm', ids)}"
+            time.sleep(1)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        _as_user("slurm", f"scancel {parent}")
+
+
 def test_pilots_still_pending_when_the_work_is_done_are_cancelled() -> None:
     """Six pilots for a map on a two-CPU partition: the running ones do the work, and the
     ones still pending are cancelled instead of starting later to sit idle."""

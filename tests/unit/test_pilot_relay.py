@@ -242,3 +242,29 @@ def test_pool_and_its_options_come_from_a_profile_and_keywords_override_them(
     assert transport.options.idle_timeout == 30.0
     transport = make_transport(resolve_target("hpc", {"pool": False}), None)
     assert type(transport) is SlurmTransport
+
+
+def test_a_client_gone_without_closing_has_its_pilots_cancelled_by_the_relay(
+    token_file: Path, tmp_path: Path
+) -> None:
+    """The client's input ends without a Q (it was killed): the relay runs the last cancel
+    command it was given, once, before it exits."""
+    done = tmp_path / "cancelled"
+    r = _RelayProcess(token_file)
+    r.send(0, b"C", f"echo first >> {done}".encode())
+    r.send(0, b"C", f"echo 'scancel 11 12' >> {done}".encode())  # the latest replaces it
+    assert r.close() == 0
+    assert done.read_text() == "scancel 11 12\n"
+
+
+def test_a_client_that_closes_by_itself_is_not_cancelled_for(
+    token_file: Path, tmp_path: Path
+) -> None:
+    """Q, then the end of input (an orderly shutdown, which cancels the pilots itself): the
+    relay runs nothing."""
+    done = tmp_path / "cancelled"
+    r = _RelayProcess(token_file)
+    r.send(0, b"C", f"echo ran >> {done}".encode())
+    r.send(0, b"Q")
+    assert r.close() == 0
+    assert not done.exists()

@@ -94,6 +94,21 @@ start_bg kube-controller-manager "$D/controller-manager.pid" "$BIN/kube-controll
     --leader-elect=false --use-service-account-credentials=false --port=0 --secure-port=0 \
     --feature-gates=TTLAfterFinished=true
 
+# Leftovers of an earlier run (one stopped half-way keeps its Jobs, pods and Secrets in etcd):
+# removed before a new kubelet would run those pods again. Only when no kubelet runs, so that
+# bringing an already running testbed "up" never touches the objects of tests in progress.
+api() { curl -sfk -H "Authorization: Bearer $TOKEN" "$@"; }
+if ! rf_pid_alive "$D/kubelet.pid" "*/python3*" >/dev/null \
+        && api "https://127.0.0.1:$API_PORT/api/v1/namespaces/$NAMESPACE" >/dev/null; then
+    ns="https://127.0.0.1:$API_PORT/api/v1/namespaces/$NAMESPACE"
+    mine='labelSelector=app.kubernetes.io%2Fmanaged-by%3Dremote-futures'
+    for url in "https://127.0.0.1:$API_PORT/apis/batch/v1/namespaces/$NAMESPACE/jobs?propagationPolicy=Background" \
+               "$ns/pods?gracePeriodSeconds=0" "$ns/secrets?$mine" "$ns/configmaps?$mine"; do
+        api -X DELETE "$url" >/dev/null || rf_log "could not clear $url"
+    done
+    rf_log "k8s: cleared what an earlier run left in namespace $NAMESPACE"
+fi
+
 # The kubelet binds the pytest temporary root read-write into its sandboxes, so that the
 # contract suite's marker files are shared with the calls (as on the other transports).
 start_bg kubelet "$D/kubelet.pid" "*/python3*" \
