@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import shlex
 import subprocess
 import time
 from typing import Any
@@ -232,6 +233,7 @@ def test_a_client_killed_outright_leaves_no_pilot_queued(tmp_path: Any) -> None:
     script.write_text(_PENDING_ORPHAN.format(
         tests=os.path.dirname(os.path.dirname(__file__)), parent=parent))
     client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    ids: list[str] = []
     try:
         assert client.stdout is not None
         ids = client.stdout.readline().split()
@@ -246,7 +248,7 @@ def test_a_client_killed_outright_leaves_no_pilot_queued(tmp_path: Any) -> None:
     finally:
         if client.poll() is None:
             client.kill()
-        _as_user("slurm", f"scancel {parent}")
+        _as_user("slurm", shlex.join(["scancel", parent, *ids]))
 
 
 def test_pilots_still_pending_when_the_work_is_done_are_cancelled() -> None:
