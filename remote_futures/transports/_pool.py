@@ -273,6 +273,10 @@ class PoolTransport(Transport):
                 # futures are running from then on, as a ProcessPoolExecutor's call queue's);
                 # it shows as running when the worker finishes the one before.
                 job.set_state(index, TaskStatus(TaskState.RUNNING))
+                # Tell the core now: a worker that joined later (a pilot, an SSH worker that
+                # connected) is fed outside any poll, which would see it only at the next
+                # safety poll (up to poll_interval later).
+                self._changed.set()
             w.sent.append(key)
             w.tasks_taken += 1
             try:

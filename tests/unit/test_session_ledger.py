@@ -7,6 +7,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def test_ledger_survives_a_killed_writer_process(state: Path, tmp_path: Path) ->
         "r.flush()\n"
         "os._exit(0)\n"  # no close(): as a SIGKILL, nothing runs after this
     )
-    subprocess.run(["python", "-c", script], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     loaded = load_session(connect(), "killed")
     assert loaded is not None
     assert loaded[0].ended is None
