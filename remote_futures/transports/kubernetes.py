@@ -12,7 +12,8 @@ Life of a job (see DESIGN.md for the contract)::
              succeeds its log is read once and the framed, checksummed result block parsed
     follow   (live output) the log of each running pod, up to MAX_LOG_STREAMS at once: what
              its calls print is shown line by line, tagged with the call, and each finished
-             call's result is handed out as its block arrives
+             call's result is handed out as its block arrives; a stream dropped while the pod
+             runs is followed again, past what was read
     cancel   delete the Job (background propagation: the garbage collector deletes its pods)
     release  delete the job's Jobs once their results are read
     close    delete everything carrying the session label
@@ -90,6 +91,10 @@ CACHE_DIR = "/rf/cache"
 CONTAINER = "task"
 #: Seconds a probe of an image is trusted: tags are rebuilt (the pods also check the plan).
 PROBE_TTL = 3600.0
+
+#: Streams in a row that may end without bringing anything new before a pod's log is no
+#: longer followed (its output then shows at its end).
+FOLLOW_RETRIES = 5
 
 #: Running pods whose logs are followed at once for live output; the others' output is shown
 #: when they end. A followed log (one long-lived request per pod, ``follow=true``) adds no
@@ -243,6 +248,10 @@ class _K8sJob:
     result_keys: dict[int, str] = dataclasses.field(default_factory=dict)
     #: One Indexed Job for all tasks (pods told apart by their completion index).
     indexed: bool = False
+
+
+class _LogRotated(Exception):
+    """A followed log, read again, does not start with what was read before."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -1166,39 +1175,74 @@ class KubernetesTransport(Transport):
 
     async def _follow_log(self, follow: _Follow, pod: str) -> None:
         """Forward what the pod's calls print as it reaches the log, and keep each result
-        whose block arrives (checked as the end read checks them; spilled ones wait)."""
-        state, index = follow.state, follow.index
-        try:
-            response = await self._call(
-                self._core.read_namespaced_pod_log, pod, self.options.namespace,
-                container=CONTAINER, follow=True, _preload_content=False)
+        whose block arrives (checked as the end read checks them; spilled ones wait).
+
+        A stream the server ends while the pod runs (a dropped connection, a proxy's or the
+        kubelet's idle timeout on a long quiet call) is followed again: the new stream starts
+        at the log's beginning, so the bytes already read are skipped, after checking they
+        are the same (a rotated log is not: the end read then judges the whole log)."""
+        read = 0  # bytes of the log fed to the follower
+        digest = hashlib.sha256()  # of those bytes
+        failures = 0  # streams in a row that brought nothing new
+        while True:
+            before = read
             try:
-                while True:
-                    chunk: bytes = await response.content.readany()
-                    if not chunk:
-                        # The container ended (or the server dropped the stream): the end
-                        # read shows the rest; until then, progress is read as unfollowed.
-                        follow.failed = True
-                        break
-                    printed, blocks = follow.follower.feed(chunk)
-                    self._emit(state, printed)
-                    kept = False
-                    for block in blocks:
-                        try:
-                            self._keep(state, index, parse_log(block, state.nonces[index],
-                                                               None, {})[0])
-                            kept = True
-                        except FrameError:
-                            follow.failed = True  # the end read judges the whole log
-                    if kept:
-                        self._notify()
-            finally:
-                response.release()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            follow.failed = True
-            log.debug("kubernetes: following the log of %s: %r", pod, exc)
+                response = await self._call(
+                    self._core.read_namespaced_pod_log, pod, self.options.namespace,
+                    container=CONTAINER, follow=True, _preload_content=False)
+                try:
+                    read = await self._read_stream(follow, response, read, digest)
+                finally:
+                    response.release()
+            except asyncio.CancelledError:
+                raise
+            except _LogRotated:
+                follow.failed = True
+                log.debug("kubernetes: the log of %s changed under its stream", pod)
+                return
+            except Exception as exc:
+                log.debug("kubernetes: following the log of %s: %r", pod, exc)
+            failures = 0 if read > before else failures + 1
+            phase = ((self._pods.get(pod) or {}).get("status") or {}).get("phase")
+            if phase != "Running" or failures > FOLLOW_RETRIES:
+                # The container ended (the end read shows the rest), or the log cannot be
+                # followed: until the end, progress is read as unfollowed.
+                follow.failed = True
+                return
+            await asyncio.sleep(min(0.5 * 2 ** failures, 10.0))
+
+    async def _read_stream(
+        self, follow: _Follow, response: Any, read: int, digest: Any
+    ) -> int:
+        """Feed one followed stream to the follower after skipping its first ``read`` bytes
+        (checked against ``digest``, which is then updated); return the bytes read in all."""
+        state, index = follow.state, follow.index
+        skip, expected, seen = read, digest.digest(), hashlib.sha256()
+        while True:
+            chunk: bytes = await response.content.readany()
+            if not chunk:
+                return read
+            if skip:
+                head, chunk = chunk[:skip], chunk[skip:]
+                seen.update(head)
+                skip -= len(head)
+                if skip == 0 and seen.digest() != expected:
+                    raise _LogRotated
+                if not chunk:
+                    continue
+            read += len(chunk)
+            digest.update(chunk)
+            printed, blocks = follow.follower.feed(chunk)
+            self._emit(state, printed)
+            kept = False
+            for block in blocks:
+                try:
+                    self._keep(state, index, parse_log(block, state.nonces[index], None, {})[0])
+                    kept = True
+                except FrameError:
+                    follow.failed = True  # the end read judges the whole log
+            if kept:
+                self._notify()
 
     async def _stop_follows(self, pods: Sequence[str]) -> None:
         """Stop following these pods' logs (what the stream has not shown yet, the end read

@@ -28,6 +28,13 @@ def print_wait_print(tag: str, gate: str, timeout: float = 120.0) -> str:
     return tag
 
 
+def print_wait_print_wait(tag: str, gate: str, last_gate: str, timeout: float = 120.0) -> str:
+    """:func:`print_wait_print`, then wait until the test opens ``last_gate`` too."""
+    print_wait_print(tag, gate, timeout)
+    _wait_for(last_gate, timeout)
+    return tag
+
+
 def speak(tag: str) -> str:
     print(f"stdout says {tag}")
     print(f"stderr says {tag}", file=sys.stderr)

@@ -106,8 +106,14 @@ class FakeCluster:
         #: Every log read: (pod, followed).
         self.log_reads: list[tuple[str, bool]] = []
         #: A followed log ends after this many bytes though its pod still runs (as when the
-        #: API server drops a long request).
+        #: API server drops a long request); only the first ``follow_cuts`` streams of a pod
+        #: when that is set (the later ones run to the end).
         self.follow_cut: int | None = None
+        self.follow_cuts: int | None = None
+        #: Streams after a pod's first lack the log's first this many bytes (as when the log
+        #: was rotated in between: the kubelet serves the newest file only).
+        self.follow_rotated: int = 0
+        self._streams: dict[str, int] = {}
         self.max_parallel_seen: dict[str, int] = {}
 
     # --- fault staging --------------------------------------------------------------------
@@ -531,17 +537,21 @@ class FakeCluster:
     async def _follow_log(self, ns: str, name: str, path: Path,
                           response: web.StreamResponse) -> None:
         sent = 0
+        self._streams[name] = stream = self._streams.get(name, 0) + 1
+        cut = self.follow_cut
+        if cut is not None and self.follow_cuts is not None and stream > self.follow_cuts:
+            cut = None
         while True:
             pod = self.objects.get(("pods", ns, name))
             ended = pod is None or (pod.get("status") or {}).get("phase") in (
                 "Succeeded", "Failed")
-            if self.follow_cut is not None and sent >= self.follow_cut:
+            if cut is not None and sent >= cut:
                 break
             with open(path, "rb") as f:
-                f.seek(sent)
+                f.seek(sent + (self.follow_rotated if stream > 1 else 0))
                 data = f.read(1 << 20)
-            if self.follow_cut is not None:
-                data = data[:self.follow_cut - sent]
+            if cut is not None:
+                data = data[:cut - sent]
             if data:
                 await response.write(data)
                 sent += len(data)

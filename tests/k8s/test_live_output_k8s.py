@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ if CONTRACT not in sys.path:
     sys.path.insert(0, CONTRACT)
 
 from _outcapture import OutputRecorder  # noqa: E402
-from _printing import print_wait_print, speak  # noqa: E402
+from _printing import print_wait_print, print_wait_print_wait, speak  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -143,6 +144,70 @@ def test_a_stream_that_ends_while_the_pod_runs_loses_and_repeats_nothing(
         gate.touch()
     assert future.result(timeout=120) == "x"
     seen.wait_for("second out x", "out")
+    seen.wait_for("second err x", "err")
+    for stream, text in (("out", seen.out), ("err", seen.err)):
+        for which in ("first", "second"):
+            assert sum(line.endswith(f"] {which} {stream} x")
+                       for line in text.splitlines()) == 1, text
+    assert "==RF:" not in seen.out + seen.err
+
+
+def test_a_stream_that_ends_while_the_pod_runs_is_followed_again(
+    k8s_executor: MakeExecutor, fake: FakeServer, tmp_path: Path, seen: OutputRecorder
+) -> None:
+    """The server ends the first followed stream in the middle of a line while the pod still
+    runs (a dropped connection, an idle timeout): the client follows the log again, so what
+    the call prints later still arrives while it runs, and nothing is shown twice."""
+    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
+    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    fake.cluster.follow_cuts = 1
+    seen.start()
+    ex = k8s_executor(max_workers=2)
+    gate, last_gate = tmp_path / "gate", tmp_path / "last-gate"
+    try:
+        future = ex.submit(print_wait_print_wait, "x", str(gate), str(last_gate))
+        seen.wait_for("first out x", "out")
+        gate.touch()
+        seen.wait_for("second out x", "out", timeout=60)  # the call still waits for last_gate
+        seen.wait_for("second err x", "err")
+        assert not future.done()
+    finally:
+        gate.touch()
+        last_gate.touch()
+    assert future.result(timeout=120) == "x"
+    for stream, text in (("out", seen.out), ("err", seen.err)):
+        for which in ("first", "second"):
+            assert sum(line.endswith(f"] {which} {stream} x")
+                       for line in text.splitlines()) == 1, text
+    assert "==RF:" not in seen.out + seen.err
+    assert len(_followed(fake)) >= 2, fake.cluster.log_reads
+
+
+def test_a_log_that_changed_under_its_stream_is_not_followed_again(
+    k8s_executor: MakeExecutor, fake: FakeServer, tmp_path: Path, seen: OutputRecorder
+) -> None:
+    """The log read again does not start with what the first stream sent (it was rotated: the
+    new file lacks the call's mark): the client stops following rather than skip the wrong
+    bytes, and the pod's end read shows the rest, each line once."""
+    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
+    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    fake.cluster.follow_cuts = 1
+    fake.cluster.follow_rotated = call_mark  # the new file starts at "first out x"
+    seen.start()
+    ex = k8s_executor(max_workers=2)
+    gate = tmp_path / "gate"
+    try:
+        future = ex.submit(print_wait_print, "x", str(gate))
+        seen.wait_for("first out x", "out")
+        deadline = time.monotonic() + 30
+        while len(_followed(fake)) < 2:  # the second stream was read, and judged
+            assert time.monotonic() < deadline, fake.cluster.log_reads
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert len(_followed(fake)) == 2, fake.cluster.log_reads  # not a third
+    finally:
+        gate.touch()
+    assert future.result(timeout=120) == "x"
     seen.wait_for("second err x", "err")
     for stream, text in (("out", seen.out), ("err", seen.err)):
         for which in ("first", "second"):
