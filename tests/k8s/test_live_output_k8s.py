@@ -45,6 +45,23 @@ def _followed(fake: FakeServer) -> list[str]:
     return [pod for pod, followed in fake.cluster.log_reads if followed]
 
 
+def _cut_followed_logs_in_the_second_line(fake: FakeServer) -> int:
+    """Make the server end followed streams five bytes into the line after ``first out x``
+    (as print_wait_print prints it); return the length of the call's mark before it."""
+    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
+    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    return call_mark
+
+
+def _assert_each_line_once(seen: OutputRecorder) -> None:
+    """print_wait_print's four lines for tag ``x``, each shown once, and no mark."""
+    for stream, text in (("out", seen.out), ("err", seen.err)):
+        for which in ("first", "second"):
+            assert sum(line.endswith(f"] {which} {stream} x")
+                       for line in text.splitlines()) == 1, text
+    assert "==RF:" not in seen.out + seen.err
+
+
 def test_lines_arrive_while_the_pod_runs_tagged_and_once(
     k8s_executor: MakeExecutor, fake: FakeServer, tmp_path: Path, seen: OutputRecorder
 ) -> None:
@@ -131,8 +148,7 @@ def test_a_stream_that_ends_while_the_pod_runs_loses_and_repeats_nothing(
     """The server ends the followed log in the middle of a line while the pod still runs:
     the lines it sent were shown live; the rest, the cut line included, comes once each
     from the full read at the pod's end."""
-    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
-    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    _cut_followed_logs_in_the_second_line(fake)
     seen.start()
     ex = k8s_executor(max_workers=2)
     gate = tmp_path / "gate"
@@ -145,11 +161,7 @@ def test_a_stream_that_ends_while_the_pod_runs_loses_and_repeats_nothing(
     assert future.result(timeout=120) == "x"
     seen.wait_for("second out x", "out")
     seen.wait_for("second err x", "err")
-    for stream, text in (("out", seen.out), ("err", seen.err)):
-        for which in ("first", "second"):
-            assert sum(line.endswith(f"] {which} {stream} x")
-                       for line in text.splitlines()) == 1, text
-    assert "==RF:" not in seen.out + seen.err
+    _assert_each_line_once(seen)
 
 
 def test_a_stream_that_ends_while_the_pod_runs_is_followed_again(
@@ -158,8 +170,7 @@ def test_a_stream_that_ends_while_the_pod_runs_is_followed_again(
     """The server ends the first followed stream in the middle of a line while the pod still
     runs (a dropped connection, an idle timeout): the client follows the log again, so what
     the call prints later still arrives while it runs, and nothing is shown twice."""
-    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
-    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    _cut_followed_logs_in_the_second_line(fake)
     fake.cluster.follow_cuts = 1
     seen.start()
     ex = k8s_executor(max_workers=2)
@@ -175,11 +186,7 @@ def test_a_stream_that_ends_while_the_pod_runs_is_followed_again(
         gate.touch()
         last_gate.touch()
     assert future.result(timeout=120) == "x"
-    for stream, text in (("out", seen.out), ("err", seen.err)):
-        for which in ("first", "second"):
-            assert sum(line.endswith(f"] {which} {stream} x")
-                       for line in text.splitlines()) == 1, text
-    assert "==RF:" not in seen.out + seen.err
+    _assert_each_line_once(seen)
     assert len(_followed(fake)) >= 2, fake.cluster.log_reads
 
 
@@ -189,8 +196,7 @@ def test_a_log_that_changed_under_its_stream_is_not_followed_again(
     """The log read again does not start with what the first stream sent (it was rotated: the
     new file lacks the call's mark): the client stops following rather than skip the wrong
     bytes, and the pod's end read shows the rest, each line once."""
-    call_mark = len("==RF:") + 32 + len(":CALL 0==\n")
-    fake.cluster.follow_cut = call_mark + len("first out x\n") + 5
+    call_mark = _cut_followed_logs_in_the_second_line(fake)
     fake.cluster.follow_cuts = 1
     fake.cluster.follow_rotated = call_mark  # the new file starts at "first out x"
     seen.start()
@@ -209,11 +215,7 @@ def test_a_log_that_changed_under_its_stream_is_not_followed_again(
         gate.touch()
     assert future.result(timeout=120) == "x"
     seen.wait_for("second err x", "err")
-    for stream, text in (("out", seen.out), ("err", seen.err)):
-        for which in ("first", "second"):
-            assert sum(line.endswith(f"] {which} {stream} x")
-                       for line in text.splitlines()) == 1, text
-    assert "==RF:" not in seen.out + seen.err
+    _assert_each_line_once(seen)
 
 
 def test_output_end_reads_no_log_while_pods_run_and_tags_at_the_end(
