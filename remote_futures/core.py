@@ -384,8 +384,8 @@ class Engine:
             requests = list(self._queue)
             self._queue.clear()
             self._planned.extend(plan_jobs(requests, self.transport.max_tasks_per_job,
-                                           self.transport.submit_chunks,
-                                           self.transport.default_chunksize))
+                                           map_chunksize=self.transport.default_chunksize,
+                                           rules=self.transport.job_rules))
             self._admit()
 
     async def _gather_burst(self) -> None:

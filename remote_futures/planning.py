@@ -23,7 +23,15 @@ from .ledger import Call, Job, Task
 from .resources import Resources
 from .serialization import encode_task
 
-__all__ = ["Request", "drop_cancelled", "encode_job", "plan_jobs", "take_tasks"]
+__all__ = [
+    "Chunks",
+    "JobRules",
+    "Request",
+    "drop_cancelled",
+    "encode_job",
+    "plan_jobs",
+    "take_tasks",
+]
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,23 +52,39 @@ class Request:
     auto_chunk: bool = False
 
 
+#: How many calls each task of a burst of ``n`` single submits runs (see :func:`plan_jobs`).
+Chunks = Callable[[int], list[int] | None]
+#: The planning rules of jobs of given resources: the most tasks one job may hold, and how a
+#: burst of single submits is cut into tasks (see :meth:`.Transport.job_rules`).
+JobRules = Callable[[Resources], tuple[int, Chunks | None]]
+
+
 def plan_jobs(
     requests: Iterable[Request],
     max_tasks_per_job: int,
-    submit_chunks: Callable[[int], list[int] | None] | None = None,
+    submit_chunks: Chunks | None = None,
     map_chunksize: Callable[[int], int] | None = None,
+    *,
+    rules: JobRules | None = None,
 ) -> list[Job]:
     """Group ``requests`` into jobs, dropping calls already cancelled (they never go out).
 
     ``submit_chunks(n)``: how ``n`` single submits that arrived together are cut into tasks,
     the number of calls of each task in turn (a task runs its calls one after the other, as a
     ``map`` chunk); None: one call per task. ``map_chunksize(n)``: the calls per task of a
-    ``map`` of ``n`` calls given no chunksize (``auto_chunk``).
+    ``map`` of ``n`` calls given no chunksize (``auto_chunk``). ``rules(resources)``, when
+    given, replaces ``max_tasks_per_job`` and ``submit_chunks`` for the jobs of those
+    resources (a transport that runs some resources another way than the rest).
     """
+
+    def rules_of(resources: Resources) -> tuple[int, Chunks | None]:
+        return (max_tasks_per_job, submit_chunks) if rules is None else rules(resources)
+
     # In order of arrival (admission is first come, first served); a group of coalesced
-    # submits takes the place of its first one.
-    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None,
-                        Callable[[int], list[int] | None] | None]] = []
+    # submits takes the place of its first one. Each entry: the tasks' calls, resources,
+    # code, how its calls are grouped, and whether that grouping is a burst's.
+    planned: list[tuple[list[list[Call]], Resources, CodeBundle | None, Chunks | None,
+                        bool]] = []
     map_chunks = None if map_chunksize is None else _uniform(map_chunksize)
     singles: dict[tuple[Resources, CodeBundle | None], list[list[Call]]] = {}
     for request in requests:
@@ -69,17 +93,17 @@ def plan_jobs(
             if key not in singles:
                 singles[key] = []
                 planned.append((singles[key], request.resources, request.code,
-                                submit_chunks))
+                                rules_of(request.resources)[1], True))
             singles[key].extend(request.tasks)
         else:
             planned.append((request.tasks, request.resources, request.code,
-                            map_chunks if request.auto_chunk else None))
-    limit = max(1, max_tasks_per_job)
+                            map_chunks if request.auto_chunk else None, False))
     jobs: list[Job] = []
-    for task_calls, resources, code, chunks in planned:
+    for task_calls, resources, code, chunks, burst in planned:
         tasks = [Task(-1, live) for calls in task_calls if (live := _live(calls))]
         if chunks is not None:
-            tasks = _group(tasks, chunks, rerun_unstarted=chunks is submit_chunks)
+            tasks = _group(tasks, chunks, rerun_unstarted=burst)
+        limit = max(1, rules_of(resources)[0])
         for start in range(0, len(tasks), limit):
             jobs.append(Job(tasks[start : start + limit], resources, code))
     return jobs

@@ -38,6 +38,7 @@ import anyio
 from ..errors import ConfigurationError
 from ..jobs import JobHandle, JobSpec, JobStatus
 from ..output import OutputForwarder
+from ..resources import Resources
 
 __all__ = ["Transport", "build_options"]
 
@@ -138,6 +139,15 @@ class Transport(abc.ABC):
         the other, as a ``map`` chunk), or None for one call per task (the default: a pool
         hands each call to a free worker anyway)."""
         return None
+
+    def job_rules(
+        self, resources: Resources
+    ) -> tuple[int, Callable[[int], list[int] | None] | None]:
+        """How the core plans jobs of ``resources``: the most tasks one job may hold, and how
+        a burst of single submits is cut into tasks. ``max_tasks_per_job`` and
+        :meth:`submit_chunks` whatever the resources, unless a transport runs some resources
+        another way (a pilot pool runs other resources than its pilots' as array jobs)."""
+        return self.max_tasks_per_job, self.submit_chunks
 
     @abc.abstractmethod
     async def submit(self, job: JobSpec) -> JobHandle:

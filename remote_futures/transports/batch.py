@@ -388,12 +388,16 @@ class BatchTransport(RemoteTransport):
         end. This costs at most 20 ``stat`` commands per wait on the login node, and no
         scheduler query. Directories
         whose changes reach the host late (NFS attribute caching) just make this a sleep."""
+        await self.watch_job_dirs(timeout)
+
+    async def watch_job_dirs(self, timeout: float) -> bool:
+        """What :meth:`wait_for_change` does; True if a job directory changed."""
         dirs = [handle.location for handle in self._tracking]
         step = max(_WATCH_STEP, timeout / _WATCH_LOOKS)
         steps = int(timeout / step)
         if not dirs or len(dirs) > _WATCH_MAX_DIRS or steps < 2:
             await anyio.sleep(timeout)
-            return
+            return False
         start = anyio.current_time()
         try:
             command = watch_dirs_command(dirs, steps, step)
@@ -404,6 +408,7 @@ class BatchTransport(RemoteTransport):
             changed = False
         if not changed:
             await anyio.sleep(max(0.0, timeout - (anyio.current_time() - start)))
+        return changed
 
     def _live_statuses(self, output: PollOutput, ids: list[str]) -> ParsedStatuses | None:
         """The parsed live statuses, or None when the status command failed: then nobody

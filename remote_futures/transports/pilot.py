@@ -27,6 +27,13 @@ client that goes without shutting down (killed, its connection dropped) leaves n
 its relay sees its input end, cancels the pilot jobs still queued (the client keeps it told
 how) and exits, and the running pilots' workers leave with it.
 
+Calls of a ``with_resources`` view whose resources differ from the executor's (the pilots')
+do not fit the pilots: they run as ordinary array jobs with their own resources, through the
+batch transport this class also is (as with ``pool=False``: split at the scheduler's array
+limit, polled with the scheduler's status command, cancelled with its own command), while the
+executor's own calls keep using the pilots. Each job handle is one or the other, and every
+method of the core's view (``poll``, ``fetch_outcomes``, ``cancel``...) dispatches on it.
+
 A pilot that dies (``scancel``, a node failure, its walltime) fails the calls its workers were
 running with :class:`~remote_futures.errors.WorkerDiedError` (retried per ``retries=``), and the
 pool refills. A pilot the scheduler refuses fails the waiting calls with the scheduler's
@@ -39,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import posixpath
@@ -48,6 +56,7 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +65,7 @@ import anyio.abc
 
 from .. import relay, worker, worker_loop
 from ..errors import ConfigurationError, TransportError
-from ..jobs import JobHandle, JobSpec, TaskState, TaskStatus
+from ..jobs import JobHandle, JobSpec, JobStatus, TaskState, TaskStatus
 from ..resources import Resources
 from ..shell import LocalShell
 from ._pool import PoolTransport, PoolWorker
@@ -221,7 +230,17 @@ class PilotTransport(PoolTransport, BatchTransport):
         self._relay_path = ""
         self._token_path = ""
         self._pilot_count = 0
-        self._warned_resources = False
+        #: The scheduler's array limit: its class's (PoolTransport's unlimited one comes first
+        #: in the MRO), until ``open`` learns the scheduler's own.
+        self._array_limit: int = super(PoolTransport, self).max_tasks_per_job
+        #: Jobs of other resources than the pilots' (``with_resources`` views): array jobs.
+        self._arrays: set[JobHandle] = set()
+        #: Their last status, and when to poll them next (backing off as the batch path's
+        #: poll does: the core polls a pool far more often than a scheduler wants asked).
+        self._arrays_seen: dict[JobHandle, JobStatus] = {}
+        self._arrays_every = BatchTransport.poll_interval[0]
+        self._arrays_due = 0.0
+        self._told_arrays = False
         self._relay_restarts = 0
         self._relay_restarting = False
 
@@ -245,8 +264,13 @@ class PilotTransport(PoolTransport, BatchTransport):
 
     async def open(self) -> None:
         """Connect and detect the scheduler (as the batch transport), start the task group."""
+        # ``detect`` (in the batch transport's open) may replace the array limit with the one
+        # the scheduler says.
+        self.max_tasks_per_job = self._array_limit
         await BatchTransport.open(self)
-        # Tasks are fed to workers one at a time: a job may be as large as the core likes.
+        self._array_limit = self.max_tasks_per_job
+        # Tasks are fed to workers one at a time: a pool job may be as large as the core
+        # likes (array jobs keep the array limit: see job_rules).
         self.max_tasks_per_job = PoolTransport.max_tasks_per_job
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
@@ -255,6 +279,19 @@ class PilotTransport(PoolTransport, BatchTransport):
         """One call per task, as on every pool (not the array jobs' grouping of a burst): a
         free warm worker takes each call at once, and the next as soon as it answers."""
         return PoolTransport.submit_chunks(self, n_calls)
+
+    def job_rules(
+        self, resources: Resources
+    ) -> tuple[int, Callable[[int], list[int] | None] | None]:
+        """The pool's rules for the pilots' resources; for others (which run as array jobs)
+        the batch path's: the scheduler's array limit, bursts grouped as ``pool=False``
+        groups them."""
+        if self._on_pilots(resources):
+            return self.max_tasks_per_job, self.submit_chunks
+        return self._array_limit, functools.partial(BatchTransport.submit_chunks, self)
+
+    def _on_pilots(self, resources: Resources) -> bool:
+        return resources == self.options.resources
 
     async def prepare(self) -> None:
         """Upload the worker (and sync the environment), the worker loop and the relay; write
@@ -371,14 +408,92 @@ class PilotTransport(PoolTransport, BatchTransport):
 
     async def submit(self, job: JobSpec) -> JobHandle:
         """Upload the caller's code bundle if it is new, then hand the job's tasks to the
-        workers (see the pool)."""
+        workers (see the pool). A job of other resources than the pilots' (a
+        ``with_resources`` view) is submitted as an array job with its own resources, as
+        ``pool=False`` would: the pilots cannot give a call more than they hold."""
+        if not self._on_pilots(job.resources):
+            if not self._told_arrays:
+                self._told_arrays = True
+                log.info("%s: calls of with_resources views that ask for other resources "
+                         "than the pilots' run as array jobs with their own resources",
+                         self.describe)
+            handle = await BatchTransport.submit(self, job)
+            self._arrays.add(handle)
+            self._arrays_due = 0.0
+            return handle
         await self.upload_code(job)
-        if job.resources != self.options.resources and not self._warned_resources:
-            self._warned_resources = True
-            log.warning("%s: the calls of a with_resources view run on the pilots, with the "
-                        "executor's resources (pool=True runs every call on the same pilots)",
-                        self.describe)
         return await PoolTransport.submit(self, job)
+
+    # --- the core's view, per job: pool jobs or array jobs ---------------------------------
+
+    async def poll(self, jobs: Sequence[JobHandle]) -> dict[JobHandle, JobStatus]:
+        """The pool's jobs at every poll; the array jobs (and released ones still finishing)
+        in one scheduler command when their turn comes, every 0.5 s while they change,
+        backing off to 5 s while they do not, as the batch path polls."""
+        arrays = [handle for handle in jobs if handle in self._arrays]
+        statuses = await PoolTransport.poll(
+            self, [handle for handle in jobs if handle not in self._arrays]
+        )
+        if (arrays or self._finishing) and time.monotonic() >= self._arrays_due:
+            found = await BatchTransport.poll(self, arrays)
+            moved = any(self._arrays_seen.get(handle) != status
+                        for handle, status in found.items())
+            self._arrays_seen = dict(found)
+            low, high = BatchTransport.poll_interval
+            self._arrays_every = low if moved else min(high, self._arrays_every * 1.5)
+            self._arrays_due = time.monotonic() + self._arrays_every
+            statuses.update(found)
+        return statuses
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Until a worker reports progress; while only array jobs run, until one of their
+        directories changes (then they are polled at once), as the batch path waits."""
+        if self._arrays and not self._pool_jobs:
+            if await self.watch_job_dirs(timeout):
+                self._arrays_due = 0.0
+            return
+        await PoolTransport.wait_for_change(self, timeout)
+
+    async def fetch_outcomes(
+        self, wanted: Mapping[JobHandle, Sequence[int]]
+    ) -> dict[JobHandle, dict[int, bytes]]:
+        """From the pool's memory, or the array jobs' outcome files."""
+        arrays = {handle: calls for handle, calls in wanted.items() if handle in self._arrays}
+        found = await PoolTransport.fetch_outcomes(
+            self, {handle: calls for handle, calls in wanted.items() if handle not in arrays}
+        )
+        if arrays:
+            found.update(await BatchTransport.fetch_outcomes(self, arrays))
+        return found
+
+    async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
+        """Cancel on the workers (see the pool), or with the scheduler's own command."""
+        if job in self._arrays:
+            self._arrays_due = 0.0  # learn that they ended soon
+            await BatchTransport.cancel(self, job, tasks)
+        else:
+            await PoolTransport.cancel(self, job, tasks)
+
+    async def raise_throttle(self, job: JobHandle, max_concurrent: int) -> bool:
+        """Let the job use more workers, or raise its array's throttle."""
+        if job in self._arrays:
+            return await BatchTransport.raise_throttle(self, job, max_concurrent)
+        return await PoolTransport.raise_throttle(self, job, max_concurrent)
+
+    async def stderr_tail(self, job: JobHandle, task: int, *, lines: int = 20) -> str:
+        """What the dead worker wrote last, or the array task's stderr and scheduler log."""
+        if job in self._arrays:
+            return await BatchTransport.stderr_tail(self, job, task, lines=lines)
+        return await PoolTransport.stderr_tail(self, job, task, lines=lines)
+
+    async def release(self, job: JobHandle) -> None:
+        """Forget the job (an array job's directory goes as the batch path removes it)."""
+        if job in self._arrays:
+            self._arrays.discard(job)
+            self._arrays_seen.pop(job, None)
+            await BatchTransport.release(self, job)
+        else:
+            await PoolTransport.release(self, job)
 
     # --- the relay ----------------------------------------------------------------------------
 

@@ -5,8 +5,14 @@ directory put first on PATH.
 Jobs really run: ``sbatch`` starts each array task of the script as a detached process with
 ``SLURM_ARRAY_TASK_ID`` set, and records its state in ``$FAKE_SLURM_STATE/tasks/<id>_<task>``
 (``RUNNING``, then ``COMPLETED``/``FAILED`` when it exits, ``CANCELLED`` when scancel kills it).
-Faults are staged with files in ``$FAKE_SLURM_STATE``:
+A task gets ``SLURM_JOB_ID`` (and ``SLURM_CPUS_PER_TASK`` when the script asks for CPUs), as
+on a real cluster. A job whose script says ``#SBATCH --begin=...`` stays ``PENDING`` (reason
+``BeginTime``) and never starts; ``scancel`` cancels it. Scripts that are not remote_futures
+array jobs (pilot jobs) run the same way. Faults and limits are staged with files in
+``$FAKE_SLURM_STATE``:
 
+- ``max-array-size``: Slurm's MaxArraySize (default 1001): ``scontrol show config`` says it,
+  and ``sbatch`` refuses an array whose last index is not below it, as Slurm does.
 - ``ctld-down``: squeue, sacct and scancel fail as when slurmctld is unreachable.
 - ``scancel.log`` receives one line per scancel call (the arguments).
 - ``dir-gone.log`` receives the task's name when its job directory was gone by the time its
@@ -33,29 +39,45 @@ def _down() -> bool:
     return (STATE / "ctld-down").exists()
 
 
+def _max_array_size() -> int:
+    path = STATE / "max-array-size"
+    return int(path.read_text()) if path.exists() else 1001
+
+
 def sbatch(args: list[str]) -> int:
     script = Path(args[-1])
     text = script.read_text()
     match = re.search(r"^#SBATCH --array=(\d+)-(\d+)", text, re.MULTILINE)
     tasks = range(int(match.group(1)), int(match.group(2)) + 1) if match else [None]
+    if match and int(match.group(2)) >= _max_array_size():
+        print("sbatch: error: Batch job submission failed: Invalid job array specification",
+              file=sys.stderr)
+        return 1
     TASKS.mkdir(parents=True, exist_ok=True)
     counter = STATE / "next-id"
     job_id = int(counter.read_text()) if counter.exists() else 1000
     counter.write_text(str(job_id + 1))
     job_dir = re.search(r"^RF_JOB_DIR=(.*)$", text, re.MULTILINE)
-    assert job_dir is not None, "not a remote_futures job script"
+    cpus = re.search(r"^#SBATCH --cpus-per-task=(\d+)", text, re.MULTILINE)
+    held = re.search(r"^#SBATCH --begin=", text, re.MULTILINE)
     for task in tasks:
         name = f"{job_id}_{task}" if task is not None else str(job_id)
         state = TASKS / name
-        env = dict(os.environ)
+        if held:
+            state.write_text("PENDING\n")
+            continue
+        env = dict(os.environ, SLURM_JOB_ID=str(job_id))
         if task is not None:
             env["SLURM_ARRAY_TASK_ID"] = str(task)
+        if cpus:
+            env["SLURM_CPUS_PER_TASK"] = cpus.group(1)
         state.write_text("RUNNING\n")
+        gone = (f'[ -d {job_dir.group(1)} ] || echo {name} >>{_q(str(STATE / "dir-gone.log"))}; '
+                if job_dir else "")
         # The task's exit status decides its final state, as slurmstepd does; a cancelled
         # task keeps CANCELLED (the runner only replaces RUNNING).
         runner = (
-            f'bash {_q(str(script))}; rc=$?; '
-            f'[ -d {job_dir.group(1)} ] || echo {name} >>{_q(str(STATE / "dir-gone.log"))}; '
+            f'bash {_q(str(script))}; rc=$?; {gone}'
             f'if grep -q RUNNING {_q(str(state))}; then '
             f'if [ "$rc" = 0 ]; then echo COMPLETED >{_q(str(state))}; '
             f'else echo "FAILED $rc" >{_q(str(state))}; fi; fi'
@@ -95,7 +117,7 @@ def squeue(args: list[str]) -> int:
         print(DOWN, file=sys.stderr)
         return 1
     for name, state, _code in _rows(_ids(args)):
-        print(f"{name}|{state}|None")
+        print(f"{name}|{state}|{'BeginTime' if state == 'PENDING' else 'None'}")
     return 0
 
 
@@ -121,7 +143,8 @@ def scancel(args: list[str]) -> int:
         for path in TASKS.glob(f"{name}*"):
             if path.suffix == ".pid" or not re.fullmatch(rf"{name}(_\d+)?", path.name):
                 continue
-            if "RUNNING" in path.read_text():
+            was = path.read_text()
+            if "RUNNING" in was or "PENDING" in was:
                 path.write_text("CANCELLED\n")
                 pid_file = path.with_name(path.name + ".pid")
                 try:
@@ -132,7 +155,7 @@ def scancel(args: list[str]) -> int:
 
 
 def scontrol(args: list[str]) -> int:
-    print("MaxArraySize            = 1001")
+    print(f"MaxArraySize            = {_max_array_size()}")
     return 0
 
 

@@ -9,7 +9,6 @@ import atexit
 import logging
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -18,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _fake_slurm_env import HERE, FakeSlurm, install
 
 from remote_futures import RemoteExecutor
 
 pytestmark = [pytest.mark.timeout(300)]
-
-HERE = Path(__file__).resolve().parent
 
 
 def nap(seconds: float) -> float:
@@ -40,59 +38,6 @@ def square_slow_exit(x: int) -> int:
     or MPI teardown can)."""
     atexit.register(time.sleep, 3)
     return x * x
-
-
-def _install(bin_dir: Path, script: Path, commands: list[str]) -> None:
-    bin_dir.mkdir(exist_ok=True)
-    for command in commands:
-        path = bin_dir / command
-        path.write_text(f'#!/bin/sh\nexec {sys.executable} {script} {command} "$@"\n')
-        path.chmod(0o755)
-
-
-class FakeSlurm:
-    """Handle on the fake scheduler's state directory."""
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-
-    def set_down(self, down: bool) -> None:
-        flag = self.state / "ctld-down"
-        if down:
-            flag.touch()
-        else:
-            flag.unlink(missing_ok=True)
-
-    def states(self) -> dict[str, str]:
-        tasks = self.state / "tasks"
-        if not tasks.exists():
-            return {}
-        return {p.name: p.read_text().split()[0] for p in tasks.iterdir() if p.suffix != ".pid"}
-
-    def log(self, name: str) -> str:
-        path = self.state / name
-        return path.read_text() if path.exists() else ""
-
-    def kill_all(self) -> None:
-        tasks = self.state / "tasks"
-        for pid_file in tasks.glob("*.pid") if tasks.exists() else []:
-            try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-
-
-@pytest.fixture
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlurm]:
-    state = tmp_path / "slurm-state"
-    state.mkdir()
-    _install(tmp_path / "bin", HERE / "fake_slurm.py",
-             ["sbatch", "squeue", "sacct", "scancel", "scontrol"])
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_SLURM_STATE", str(state))
-    fake = FakeSlurm(state)
-    yield fake
-    fake.kill_all()
 
 
 @pytest.fixture
@@ -150,7 +95,7 @@ def test_nfs_listing_lag_fails_no_call(
     before each one failed with "the job finished but left no result"."""
     monkeypatch.setenv("FAKE_REAL_FIND", shutil.which("find") or "find")
     monkeypatch.setenv("FAKE_REAL_GREP", shutil.which("grep") or "grep")
-    _install(tmp_path / "nfs-bin", HERE / "fake_nfs.py", ["find", "grep"])
+    install(tmp_path / "nfs-bin", HERE / "fake_nfs.py", ["find", "grep"])
     monkeypatch.setenv("FAKE_NFS_ROOT", str(tmp_path / "rf"))
     monkeypatch.setenv("FAKE_NFS_LAG", "3")
     monkeypatch.setenv("PATH", f"{tmp_path / 'nfs-bin'}{os.pathsep}{os.environ['PATH']}")

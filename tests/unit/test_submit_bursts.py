@@ -209,3 +209,44 @@ def test_calls_that_all_end_their_process_fail_in_a_bounded_number_of_rounds(
     assert sorted(sent) == list(range(60))
     assert max(sent.values()) <= 3, sent
     assert max(sizes) > 1, sizes
+
+
+def test_rules_per_resources_split_and_group_each_job_their_own_way() -> None:
+    """``rules(resources)`` replaces the limit and the burst grouping per resources: a pilot
+    pool's own calls stay one per task in one job, other resources (array jobs) are grouped
+    and split at the array limit."""
+    pool_res, other = Resources(cpus=1), Resources(cpus=4)
+
+    def rules(resources: Resources) -> tuple[int, Chunks | None]:
+        return (1_000_000, None) if resources == pool_res else (3, _slurm(2))
+
+    requests = [Request([[Call(RemoteFuture(), f"p{i}".encode())]], pool_res, True)
+                for i in range(10)]
+    requests += [Request([[Call(RemoteFuture(), f"o{i}".encode())]], other, True)
+                 for i in range(10)]
+    requests.append(Request([[Call(RemoteFuture(), f"m{i}".encode())] for i in range(7)],
+                            other))
+    own, *arrays = plan_jobs(requests, max_tasks_per_job=1, rules=rules)
+    assert _tags(own) == [[f"p{i}".encode()] for i in range(10)]
+    assert own.resources == pool_res
+    # The burst of ten: one per slot, then two tasks of four; three tasks a job at most.
+    assert [_tags(job) for job in arrays[:2]] == [
+        [[b"o0"], [b"o1"], [b"o2", b"o3", b"o4", b"o5"]], [[b"o6", b"o7", b"o8", b"o9"]],
+    ]
+    assert [len(job.tasks) for job in arrays[2:]] == [3, 3, 1]  # the map of seven
+    assert all(job.resources == other for job in arrays)
+
+
+def test_a_pilot_pool_plans_other_resources_as_array_jobs() -> None:
+    """The pilot transport's rules: its own resources unlimited and one call per task;
+    others at the scheduler's array limit, bursts grouped as the batch transport groups."""
+    from remote_futures.transports.batch import PBSOptions
+    from remote_futures.transports.pilot import PBSPilotTransport
+
+    pilot = PBSPilotTransport(PBSOptions(pool=True, resources=Resources(cpus=1)),
+                              max_workers=4)
+    limit, chunks = pilot.job_rules(Resources(cpus=1))
+    assert limit >= 1_000_000 and (chunks is None or chunks(2000) is None)
+    limit, chunks = pilot.job_rules(Resources(cpus=1, memory="8G"))
+    assert limit == 10_000  # PBSTransport.max_tasks_per_job
+    assert chunks is not None and chunks(200) == [1] * 4 + [49] * 4
