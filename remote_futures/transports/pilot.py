@@ -431,18 +431,20 @@ class PilotTransport(PoolTransport, BatchTransport):
         in one scheduler command when their turn comes, every 0.5 s while they change,
         backing off to 5 s while they do not, as the batch path polls."""
         arrays = [handle for handle in jobs if handle in self._arrays]
-        statuses = await PoolTransport.poll(
-            self, [handle for handle in jobs if handle not in self._arrays]
-        )
+        statuses: dict[JobHandle, JobStatus] = {}
+        # The scheduler first: if its command fails, the pool's changes (which a poll hands
+        # over once) are still there for the next poll.
         if (arrays or self._finishing) and time.monotonic() >= self._arrays_due:
-            found = await BatchTransport.poll(self, arrays)
+            statuses = await BatchTransport.poll(self, arrays)
             moved = any(self._arrays_seen.get(handle) != status
-                        for handle, status in found.items())
-            self._arrays_seen = dict(found)
+                        for handle, status in statuses.items())
+            self._arrays_seen = dict(statuses)
             low, high = BatchTransport.poll_interval
             self._arrays_every = low if moved else min(high, self._arrays_every * 1.5)
             self._arrays_due = time.monotonic() + self._arrays_every
-            statuses.update(found)
+        statuses.update(await PoolTransport.poll(
+            self, [handle for handle in jobs if handle not in self._arrays]
+        ))
         return statuses
 
     async def wait_for_change(self, timeout: float) -> None:
@@ -459,11 +461,12 @@ class PilotTransport(PoolTransport, BatchTransport):
     ) -> dict[JobHandle, dict[int, bytes]]:
         """From the pool's memory, or the array jobs' outcome files."""
         arrays = {handle: calls for handle, calls in wanted.items() if handle in self._arrays}
-        found = await PoolTransport.fetch_outcomes(
+        # The files first: if reading them fails, the pool's outcomes (handed over once)
+        # are still there for the next try.
+        found = await BatchTransport.fetch_outcomes(self, arrays) if arrays else {}
+        found.update(await PoolTransport.fetch_outcomes(
             self, {handle: calls for handle, calls in wanted.items() if handle not in arrays}
-        )
-        if arrays:
-            found.update(await BatchTransport.fetch_outcomes(self, arrays))
+        ))
         return found
 
     async def cancel(self, job: JobHandle, tasks: Sequence[int] | None = None) -> None:
