@@ -338,6 +338,82 @@ def test_pool_on_the_login_node_itself(tmp_path: Any) -> None:
         time.sleep(1)
 
 
+def whereabouts() -> dict[str, str]:
+    """The scheduler job this call runs in, the CPUs (slots) it was given, and what Slurm
+    shows of the job."""
+    import os
+
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job is None:
+        return {"job": os.environ.get("JOB_ID", ""), "cpus": os.environ.get("NSLOTS", ""),
+                "shown": ""}
+    shown = subprocess.run(["scontrol", "show", "job", slurm_job], capture_output=True,
+                           text=True, check=False).stdout
+    return {"job": slurm_job, "cpus": os.environ.get("SLURM_CPUS_PER_TASK", ""),
+            "shown": shown}
+
+
+def refuse(x: int) -> int:
+    raise ValueError(f"no thanks: {x}")
+
+
+def test_with_resources_calls_run_as_array_jobs_with_their_resources() -> None:
+    """pool=True on Slurm: a plain call runs on a pilot (one CPU); a call through a view
+    with cpus=2 and memory=700M runs in a job that is no pilot and that Slurm shows with 2
+    CPUs and 700M; the view's map returns its results in order; a view's call that raises
+    raises the caller's exception; a view's call pending in the queue is cancelled with
+    scancel. Before, the view's calls ran on the pilots with the executor's resources."""
+    with _pool("slurm", max_workers=2) as ex:
+        plain = ex.submit(whereabouts).result(timeout=120)
+        assert plain["job"] in _pilot_ids(ex), (plain["job"], _pilot_ids(ex))
+        assert "NumCPUs=1 " in plain["shown"], plain["shown"]
+        view = ex.with_resources(cpus=2, memory="700M")
+        there = view.submit(whereabouts).result(timeout=120)
+        assert there["job"] and there["job"] not in _pilot_ids(ex), (there, _pilot_ids(ex))
+        assert there["cpus"] == "2"
+        assert "NumCPUs=2 " in there["shown"], there["shown"]
+        assert "MinMemoryNode=700M " in there["shown"], there["shown"]
+        assert list(view.map(square, range(7))) == [x * x for x in range(7)]
+        with pytest.raises(ValueError, match="no thanks: 3"):
+            view.submit(refuse, 3).result(timeout=120)
+        held = ex.with_resources(cpus=2, job_extra_directives=("--begin=now+600",))
+        future = held.submit(square, 5)
+        job_id = _view_job_id(ex, held.resources, future)
+        assert "PENDING" in _as_user("slurm", f"squeue -h -j {job_id} -t all -o %T")
+        assert future.cancel()
+        deadline = time.monotonic() + 60
+        while "CANCELLED" not in _as_user("slurm", f"squeue -h -j {job_id} -t all -o %T"):
+            assert time.monotonic() < deadline, "the pending view job was not cancelled"
+            time.sleep(1)
+        assert ex.submit(whereabouts).result(timeout=120)["job"] in _pilot_ids(ex)
+
+
+def _view_job_id(ex: RemoteExecutor, resources: Resources, future: cf.Future[Any]) -> str:
+    """The scheduler's id of the array job of ``resources`` (``future``'s), once submitted."""
+    deadline = time.monotonic() + 60
+    while True:
+        arrays = list(ex.transport._arrays)  # type: ignore[attr-defined]
+        ids = [h.job_id for h in arrays if h.job_id and h.spec.resources == resources]
+        if ids:
+            return str(ids[0])
+        assert not future.done(), future.exception()
+        assert time.monotonic() < deadline, "the view's job was never submitted"
+        time.sleep(0.2)
+
+
+def test_with_resources_calls_on_sge_run_with_their_slots() -> None:
+    """pool=True on SGE: a view with cpus=2 runs in a job that is no pilot, with two slots
+    of the parallel environment; its map returns results in order."""
+    with _pool("sge", max_workers=2) as ex:
+        plain = ex.submit(whereabouts).result(timeout=120)
+        assert plain["job"] in _pilot_ids(ex), (plain["job"], _pilot_ids(ex))
+        view = ex.with_resources(cpus=2)
+        there = view.submit(whereabouts).result(timeout=120)
+        assert there["job"] and there["job"] not in _pilot_ids(ex), (there, _pilot_ids(ex))
+        assert there["cpus"] == "2"
+        assert list(view.map(square, range(5))) == [x * x for x in range(5)]
+
+
 def _die(code: int) -> None:
     import os
 
