@@ -179,28 +179,40 @@ time.sleep(600)
 """
 
 
+def _kill_client_and_wait_for_its_pilots_to_go(script: Any, what: str) -> None:
+    """Run the client ``script`` (it prints its pilots' job ids, then sleeps), SIGKILL it once
+    the queue lists them, and wait until the queue lists none of them."""
+    import signal
+    import sys
+
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    ids: list[str] = []
+    try:
+        assert client.stdout is not None
+        ids = client.stdout.readline().split()
+        assert ids, "the client did not submit its pilots"
+        assert _listed("slurm", ids)
+        client.send_signal(signal.SIGKILL)
+        client.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _listed("slurm", ids):
+            assert time.monotonic() < deadline, f"pilots left {what}: {_listed('slurm', ids)}"
+            time.sleep(1)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        if ids:
+            _as_user("slurm", shlex.join(["scancel", *ids]))
+
+
 def test_a_client_killed_outright_leaves_no_pilot_behind(tmp_path: Any) -> None:
     """SIGKILL of the client: no shutdown runs, but its SSH connection closes, so does the
     relay, and every pilot's worker is killed: the pilot jobs end by themselves."""
     import os
-    import signal
-    import sys
 
     script = tmp_path / "client.py"
     script.write_text(_ORPHAN.format(tests=os.path.dirname(os.path.dirname(__file__))))
-    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert client.stdout is not None
-        ids = client.stdout.readline().split()
-        assert ids, "the client did not start its pilots"
-        assert _listed("slurm", ids)
-    finally:
-        client.send_signal(signal.SIGKILL)
-        client.wait(timeout=30)
-    deadline = time.monotonic() + 60
-    while _listed("slurm", ids):
-        assert time.monotonic() < deadline, f"pilots left behind: {_listed('slurm', ids)}"
-        time.sleep(1)
+    _kill_client_and_wait_for_its_pilots_to_go(script, "behind")
 
 
 _PENDING_ORPHAN = """
@@ -225,30 +237,15 @@ def test_a_client_killed_outright_leaves_no_pilot_queued(tmp_path: Any) -> None:
     only in five minutes): its relay, seeing the client gone, cancels the pilot job instead of
     leaving it to start later for nobody."""
     import os
-    import signal
-    import sys
 
     parent = _as_user("slurm", "sbatch --parsable -o /dev/null --wrap 'sleep 300'").strip()
     script = tmp_path / "client.py"
     script.write_text(_PENDING_ORPHAN.format(
         tests=os.path.dirname(os.path.dirname(__file__)), parent=parent))
-    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    ids: list[str] = []
     try:
-        assert client.stdout is not None
-        ids = client.stdout.readline().split()
-        assert ids, "the client did not submit its pilot"
-        assert _listed("slurm", ids)
-        client.send_signal(signal.SIGKILL)
-        client.wait(timeout=30)
-        deadline = time.monotonic() + 60
-        while _listed("slurm", ids):
-            assert time.monotonic() < deadline, f"pilots left queued: {_listed('slurm', ids)}"
-            time.sleep(1)
+        _kill_client_and_wait_for_its_pilots_to_go(script, "queued")
     finally:
-        if client.poll() is None:
-            client.kill()
-        _as_user("slurm", shlex.join(["scancel", parent, *ids]))
+        _as_user("slurm", shlex.join(["scancel", parent]))
 
 
 def test_pilots_still_pending_when_the_work_is_done_are_cancelled() -> None:
