@@ -89,6 +89,8 @@ PAYLOAD_DIR = "/rf/payload"
 #: Where the cache volume is mounted in pods.
 CACHE_DIR = "/rf/cache"
 CONTAINER = "task"
+#: Seconds a Job's failure waits for its pod's own end when the pod still looks alive here.
+JOB_FAILURE_GRACE = 5.0
 #: Seconds a probe of an image is trusted: tags are rebuilt (the pods also check the plan).
 PROBE_TTL = 3600.0
 
@@ -248,6 +250,8 @@ class _K8sJob:
     result_keys: dict[int, str] = dataclasses.field(default_factory=dict)
     #: One Indexed Job for all tasks (pods told apart by their completion index).
     indexed: bool = False
+    #: Task -> when its Job was first seen failed while its pod still looked alive.
+    job_failed_at: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
 class _LogRotated(Exception):
@@ -994,6 +998,13 @@ class KubernetesTransport(Transport):
         k8s_job = self._k8s_jobs.get(name)
         failed = job_failure(k8s_job) if k8s_job else None
         if failed is not None and not status.state.terminal:
+            if last is not None:
+                # The Job's and the pod's events come on separate watches, in either order:
+                # give the pod a moment to say how it ended (Evicted, OOMKilled, its exit
+                # code), which says more than the Job's BackoffLimitExceeded.
+                seen = state.job_failed_at.setdefault(index, time.monotonic())
+                if time.monotonic() - seen < JOB_FAILURE_GRACE:
+                    return status, last
             return failed, last
         return status, last
 

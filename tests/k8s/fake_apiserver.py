@@ -109,6 +109,8 @@ class FakeCluster:
         #: API server drops a long request); only the first ``follow_cuts`` streams of a pod
         #: when that is set (the later ones run to the end).
         self.follow_cut: int | None = None
+        #: An evicted pod's Job is marked failed a second before the pod (see ``fate``).
+        self.job_failed_first = False
         self.follow_cuts: int | None = None
         #: Streams after a pod's first lack the log's first this many bytes (as when the log
         #: was rotated in between: the kubelet serves the newest file only).
@@ -306,6 +308,13 @@ class FakeCluster:
             await self._set_pod(ns, name, {"phase": "Running", "containerStatuses": [
                 {**base, "state": {"running": {"startedAt": _now()}}}]})
             await asyncio.sleep(0.2)
+            if self.job_failed_first:
+                # A client can see the Job's failure before the pod's: separate watches.
+                owner = pod["metadata"]["ownerReferences"][0]["name"]
+                await self._set_job(ns, owner, {"active": 0, "failed": 1, "conditions": [{
+                    "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit"}]})
+                await asyncio.sleep(1.0)
             await self._set_pod(ns, name, {
                 "phase": "Failed", "reason": "Evicted",
                 "message": "The node was low on resource: memory.",

@@ -103,6 +103,20 @@ def test_pod_that_cannot_run_fails_clearly(
     assert info.value.state == expected
 
 
+def test_an_evicted_pod_is_named_even_when_its_job_failure_is_seen_first(
+    k8s_executor: Make, fake: FakeServer
+) -> None:
+    """The Job's BackoffLimitExceeded arrives a second before the pod's eviction: the error
+    still names the eviction (PREEMPTED, which retries re-run), not the Job's reason."""
+    fake.cluster.fate["rf-"] = "evict"
+    fake.cluster.job_failed_first = True
+    with k8s_executor() as ex:
+        future = ex.submit(operator.add, 1, 1)
+        with pytest.raises(JobFailedError, match="Evicted") as info:
+            future.result(timeout=60)
+    assert info.value.state == "PREEMPTED"
+
+
 def test_missing_namespace_is_a_clear_error(k8s_executor: Make) -> None:
     ex = k8s_executor(namespace="nope")
     with pytest.raises(BrokenRemoteExecutor, match="namespace 'nope' does not exist"):
