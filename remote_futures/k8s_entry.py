@@ -367,7 +367,6 @@ def main() -> int:
                 "location, or give the executor a bucket)"),
                 protocol=worker.ENVELOPE_PROTOCOL)
         data = pickle.dumps({index: entry}, protocol=worker.ENVELOPE_PROTOCOL)
-        data = pickle.dumps({index: entry}, protocol=worker.ENVELOPE_PROTOCOL)
         digest.update(data)
         calls += 1
         return ("\n" + frame(nonce, data)).encode("ascii")
