@@ -1532,8 +1532,9 @@ def _environment_difference(
     options = spec.uv_options()
     material = json.dumps({"image": image, "lines": sorted(lines), "uv": options,
                            "python": probe.get("executable")}, sort_keys=True)
-    log.info("kubernetes: pods install %d distributions missing from the image: %s",
-             len(lines), ", ".join(item.name for item in packages))
+    if packages:  # else the pods only check what the probe saw
+        log.info("kubernetes: pods install %d distributions missing from the image: %s",
+                 len(packages), ", ".join(item.name for item in packages))
     return {
         "key": hashlib.sha256(material.encode()).hexdigest()[:16],
         "options": [item.requirement for item in plan.install if item.origin == "option"],

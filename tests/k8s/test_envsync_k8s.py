@@ -14,6 +14,7 @@ import base64
 import hashlib
 import http.server
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -278,15 +279,18 @@ def test_a_stale_probe_does_not_reinstall_what_the_image_has_tier_b(
 
 def test_an_expired_probe_is_asked_again(
     k8s_executor: Callable[..., RemoteExecutor], fake: FakeServer, tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A probe older than PROBE_TTL is not trusted: the image (tag) may have been rebuilt with
     another Python since."""
     from remote_futures.transports import kubernetes
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    caplog.set_level(logging.INFO, "remote_futures")
     with k8s_executor(env="sync") as ex:
         assert ex.submit(len, b"ab").result(timeout=60) == 2
+    # The image has everything: the pods only check, and no install is announced.
+    assert "missing from the image" not in caplog.text
     cached = _probe_cache(tmp_path / "home")
     probe = json.loads(cached.read_text())
     probe["version"] = [3, 9, 0] if sys.version_info[:2] != (3, 9) else [3, 10, 0]
