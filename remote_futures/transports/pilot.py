@@ -370,12 +370,11 @@ class PilotTransport(PoolTransport, BatchTransport):
                         self._relay_stdin.close()
                     except Exception:
                         pass
-            ids = [p.job_id for p in self._pilots.values() if p.job_id and not p.done]
+            ids = self._live_pilot_ids()
             if ids:
-                command = "; ".join(shlex.join(self.dialect.cancel_argv(i)) for i in ids)
                 with anyio.move_on_after(30):
                     try:
-                        await self.shell.run(command + " 2>/dev/null; true")
+                        await self.shell.run(self._cancel_command(ids) + " 2>/dev/null; true")
                     except Exception as exc:
                         log.warning("%s: cancelling pilot jobs %s failed: %r", self.describe,
                                     " ".join(ids), exc)
@@ -545,8 +544,7 @@ class PilotTransport(PoolTransport, BatchTransport):
         try:
             ids = [p.job_id for p in old if p.job_id]
             if ids:
-                await self.shell.run("; ".join(shlex.join(self.dialect.cancel_argv(i))
-                                               for i in ids) + " 2>/dev/null; true")
+                await self.shell.run(self._cancel_command(ids) + " 2>/dev/null; true")
             if self._relay_restarts > _RELAY_RESTARTS:
                 raise TransportError(f"the pilot relay on {self.shell.label} ended "
                                      f"{self._relay_restarts} times")
@@ -757,12 +755,18 @@ class PilotTransport(PoolTransport, BatchTransport):
         """Give the relay the command that cancels the pilot jobs not over yet: it runs it if
         this client goes without closing (killed, or its connection dropped), so that no pilot
         stays queued for a client that is gone."""
-        ids = [p.job_id for p in self._pilots.values() if p.job_id and not p.done]
-        command = "; ".join(shlex.join(self.dialect.cancel_argv(i)) for i in ids)
         try:
-            self.relay_send(0, b"C", command.encode())
+            self.relay_send(0, b"C", self._cancel_command(self._live_pilot_ids()).encode())
         except OSError:
             pass  # no relay now: the next one is told when it starts
+
+    def _live_pilot_ids(self) -> list[str]:
+        """The job ids of the pilots submitted and not over."""
+        return [p.job_id for p in self._pilots.values() if p.job_id and not p.done]
+
+    def _cancel_command(self, ids: Sequence[str]) -> str:
+        """One shell command cancelling these jobs with the scheduler's own command."""
+        return "; ".join(shlex.join(self.dialect.cancel_argv(i)) for i in ids)
 
     async def _watch(self) -> None:
         """Watch the pilots: their scheduler states, walltimes and idle workers."""
