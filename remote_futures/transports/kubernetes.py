@@ -1258,14 +1258,19 @@ class KubernetesTransport(Transport):
     async def _stop_follows(self, pods: Sequence[str]) -> None:
         """Stop following these pods' logs (what the stream has not shown yet, the end read
         shows)."""
+        tasks = self._cancel_follows(pods)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _cancel_follows(self, pods: Sequence[str]) -> list[asyncio.Task[None]]:
+        """Forget these pods' followed logs and cancel their tasks (returned, to await)."""
         tasks = []
         for name in pods:
             follow = self._follows.pop(name, None)
             if follow is not None and follow.task is not None:
                 follow.task.cancel()
                 tasks.append(follow.task)
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return tasks
 
     async def _pod_log(self, pod: str, *, tail: int | None = None) -> str:
         return (await self._pod_log_bytes(pod, tail=tail)).decode("utf-8", errors="replace")
@@ -1350,11 +1355,9 @@ class KubernetesTransport(Transport):
                 raise TransportError(f"deleting {args[0]}: {exc.message}") from None
 
     def _forget(self, state: _K8sJob) -> None:
-        for name, follow in list(self._follows.items()):
-            if follow.state is state:  # a cancelled task's pod: its output no longer matters
-                self._follows.pop(name)
-                if follow.task is not None:
-                    follow.task.cancel()
+        # A cancelled task's pods: their output no longer matters.
+        self._cancel_follows([name for name, follow in self._follows.items()
+                              if follow.state is state])
         self._jobs.pop(state.handle.job_id, None)
         for name in state.names.values():
             self._by_name.pop(name, None)
