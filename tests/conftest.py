@@ -40,6 +40,22 @@ from testbed_facts import executor_options, require_testbed  # noqa: E402
 from remote_futures import RemoteExecutor  # noqa: E402
 
 
+@pytest.fixture
+def seen() -> Iterator[Any]:
+    """What the executor writes to sys.stdout and sys.stderr during the test, read while calls
+    print without losing a byte, unlike ``capfd.readouterr`` (an ``OutputRecorder``: see
+    ``contract/_outcapture.py``, on the path of the tests that use it). The test starts it
+    itself: pytest points sys.stdout at its own capture again between a test's set-up and
+    its body."""
+    from _outcapture import OutputRecorder
+
+    recorder = OutputRecorder()
+    try:
+        yield recorder
+    finally:
+        recorder.stop()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _session_ledger_in_a_temporary_directory() -> Iterator[None]:
     """Executors made by tests record their sessions in a ledger of the test run, not in the

@@ -13,7 +13,7 @@ the gate. Every test records what the executor writes to ``sys.stdout``/``sys.st
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,19 +43,6 @@ def contract_target(request: pytest.FixtureRequest) -> str:
     """The transports this module runs on (overrides the contract suite's list)."""
     name: str = request.param
     return name
-
-
-@pytest.fixture
-def seen() -> Iterator[OutputRecorder]:
-    """What the executor writes to sys.stdout and sys.stderr during the test (read
-    while calls print without losing a byte, unlike ``capfd.readouterr``)."""
-    # Started by the test itself: pytest points sys.stdout at its own capture again
-    # between a test's set-up and its body.
-    recorder = OutputRecorder()
-    try:
-        yield recorder
-    finally:
-        recorder.stop()
 
 
 def lines(text: str) -> list[str]:

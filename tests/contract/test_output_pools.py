@@ -4,7 +4,7 @@ outcomes use: a call's threads printing at once, or a process it forks, must nev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from _outcapture import OutputRecorder
@@ -16,18 +16,6 @@ from remote_futures import RemoteExecutor
 pytestmark = pytest.mark.timeout(300)
 
 MakeExecutor = Callable[..., RemoteExecutor]
-
-
-@pytest.fixture
-def seen() -> Iterator[OutputRecorder]:
-    """What the executor writes to sys.stdout and sys.stderr (see ``_outcapture``)."""
-    # Started by the test itself: pytest points sys.stdout at its own capture again
-    # between a test's set-up and its body.
-    recorder = OutputRecorder()
-    try:
-        yield recorder
-    finally:
-        recorder.stop()
 
 
 @pytest.fixture(params=["local", "ssh"])

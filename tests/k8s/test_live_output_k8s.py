@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,15 +30,6 @@ from _printing import print_wait_print, print_wait_print_wait, speak  # noqa: E4
 pytestmark = pytest.mark.timeout(180)
 
 MakeExecutor = Callable[..., RemoteExecutor]
-
-
-@pytest.fixture
-def seen() -> Iterator[OutputRecorder]:
-    recorder = OutputRecorder()
-    try:
-        yield recorder
-    finally:
-        recorder.stop()
 
 
 def _followed(fake: FakeServer) -> list[str]:
